@@ -1,0 +1,29 @@
+"""Errors that describe bad input. The CLI turns each into a one-line message and exit code 2."""
+
+
+class MNV4Error(ValueError):
+    """Base class: the caller asked for something that cannot be done as asked."""
+
+
+class UnknownVariantError(MNV4Error):
+    pass
+
+
+class InputShapeError(MNV4Error):
+    pass
+
+
+class CheckpointError(MNV4Error):
+    pass
+
+
+class UnsupportedOptionError(MNV4Error):
+    """An export option that the chosen format or toolchain cannot honour."""
+
+
+class MissingExtraError(MNV4Error):
+    """A backend whose optional dependencies are not installed."""
+
+    def __init__(self, backend: str, extra: str):
+        super().__init__(f"{backend} is not installed: pip install 'mnv4[{extra}]'")
+        self.extra = extra

@@ -1,0 +1,110 @@
+"""Loading checkpoints: timm's trained MobileNetV4 weights (our state-dict layout is timm's), from a
+local file or from the local Hugging Face cache. Nothing here downloads."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+
+logger = logging.getLogger("mnv4")
+
+CLASSIFIER_KEYS = ("classifier.weight", "classifier.bias")
+HEAD_PREFIXES = ("conv_head.", "norm_head.", "classifier.")
+# Containers that training frameworks wrap a state dict in, and prefixes that wrappers add to keys.
+_NESTING_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+_WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file, or of a .pth/.pt/.bin file read with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # every reader has its own exception types for a corrupt file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint: {reason}") from None
+    for key in _NESTING_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a checkpoint: it holds no mapping of names to tensors")
+    for prefix in _WRAPPER_PREFIXES:
+        if all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
+    return state
+
+
+def _describe(keys) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:5])
+    return shown + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint into `model`, exactly: every key must match in name and shape, except that a
+    classifier of another size, or any head on a features-only model, is left out and reported."""
+    state = read_state_dict(path)
+    expected = model.state_dict()
+    if getattr(model, "features_only", False):
+        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
+    elif all(k in state for k in CLASSIFIER_KEYS) and state["classifier.weight"].shape != expected.get(
+        "classifier.weight", torch.empty(0)
+    ).shape:
+        logger.warning(
+            "checkpoint %s has a %d-class classifier; keeping its backbone and initialising a new "
+            "%d-class classifier", Path(path).name, state["classifier.weight"].shape[0], model.num_classes,
+        )
+        state = {k: v for k, v in state.items() if k not in CLASSIFIER_KEYS}
+        expected = {k: v for k, v in expected.items() if k not in CLASSIFIER_KEYS}
+    # BatchNorm's step counter carries no weights; old checkpoints lack it.
+    missing = {k for k in expected if k not in state and not k.endswith("num_batches_tracked")}
+    unexpected = set(state) - set(expected)
+    misshaped = {f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+                 for k in set(state) & set(expected) if state[k].shape != expected[k].shape}
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_describe(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_describe(unexpected)}")
+    if misshaped:
+        problems.append(f"mis-shaped keys: {_describe(misshaped)}")
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not fit {model.variant}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+
+
+def hf_repo_id(variant: str, tag: str) -> str:
+    return f"timm/mobilenetv4_{variant}.{tag}"
+
+
+def find_in_hf_cache(variant: str, tags: tuple[str, ...]) -> tuple[str, Path] | None:
+    """(tag, path) of the first of the variant's timm checkpoints present in the local HF cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for tag in tags:
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(hf_repo_id(variant, tag), filename)
+            if isinstance(found, str):
+                return tag, Path(found)
+    return None
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+import torch
+
+from mnv4.data import photos
+
+
+def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
+    return float(np.abs(reference - candidate).max() / np.abs(reference).max())
+
+
+def randomise_weights(model: torch.nn.Module, calibration: torch.Tensor, seed: int = 0) -> torch.nn.Module:
+    """Give a model non-trivial weights: random BatchNorm affine parameters, running statistics measured
+    on real photos and then perturbed at random, and random layer-scale values, so that activations and
+    logits have a realistic scale and every parameter affects the output."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def uniform(t, low, high):
+        return torch.rand(t.shape, generator=generator) * (high - low) + low
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.copy_(uniform(norm.weight, 0.75, 1.25))
+            norm.bias.copy_(torch.randn(norm.bias.shape, generator=generator) * 0.2)
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative average over the calibration pass
+        for name, parameter in model.named_parameters():
+            if name.endswith("gamma"):
+                parameter.copy_(uniform(parameter, 0.1, 0.6))
+        model.train()
+        model(calibration)
+        model.eval()
+        for norm in norms:
+            norm.momentum = 0.1
+            norm.running_var.mul_(uniform(norm.running_var, 0.75, 1.25))
+            norm.running_mean.add_(torch.randn(norm.running_mean.shape, generator=generator)
+                                   * 0.1 * norm.running_var.sqrt())
+    return model
+
+
+@pytest.fixture(scope="session")
+def photo_images():
+    return photos()
