@@ -81,5 +81,142 @@ def predict(
             typer.echo(f"{rank}. {label} (index {index}): {value * 100:.2f}%")
 
 
+def _print_parity(manifest: dict) -> None:
+    parity = manifest["parity"]
+    if parity.get("passed") is None:
+        typer.echo(f"  parity: {parity['status']}", err=True)
+        return
+    worst = parity["worst"]
+    verdict = "PASS" if parity["passed"] else "FAIL: " + "; ".join(parity["failures"])
+    typer.echo(f"  parity on {parity['inputs']['photos']} photos + {parity['inputs']['random']} random inputs: "
+               f"rel err {worst['rel_err']:.2e}, max |d| {worst['max_abs']:.2e}, cosine {worst['cosine']:.6f}, "
+               f"top-1 {worst['top1_agreement']:.0%}, top-5 {worst['top5_agreement']:.0%} -> {verdict}", err=True)
+
+
+@app.command("export")
+def export_command(
+    format: str = typer.Option("tflite", "--format", "-f", help="onnx, tflite, executorch, coreml or all."),
+    variant: str = typer.Option("conv_small", "--variant", "-v", help=VARIANT_HELP),
+    weights: Optional[Path] = typer.Option(
+        None, "--weights", "-w",
+        help="Checkpoint to export. Default: reproducible seeded weights, BatchNorm calibrated on photos."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", "-r", min=32,
+                                             help="Input resolution (default: the variant's)."),
+    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32 or fp16."),
+    batch: int = typer.Option(1, "--batch", "-b", help="Fixed batch size of the artifact."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Leave the batch axis free."),
+    nhwc: bool = typer.Option(False, "--nhwc", help="Channels-last (NHWC) input, where the format supports it."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Artifact path (with --format all: a folder). Default: a name in the current folder."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing artifact."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip running the artifact against PyTorch."),
+    threads: int = typer.Option(1, "--threads", min=1, help="Runtime threads used for verification."),
+    json_output: bool = typer.Option(False, "--json", help="Print the manifest(s) as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+):
+    """Export a variant to ONNX, TFLite, ExecuTorch or Core ML and prove it computes what PyTorch does."""
+    import json
+
+    from rich.console import Console
+
+    from .export import FORMATS, ExportRequest, VerificationFailed, export
+
+    console = Console(stderr=True, quiet=quiet)
+    with reported_errors():
+        formats = list(FORMATS) if format == "all" else [format]
+        request = ExportRequest(variant=variant, weights=weights, resolution=resolution, precision=precision,
+                                batch=batch, dynamic_batch=dynamic_batch, nhwc=nhwc, verify=not no_verify,
+                                threads=threads)
+        manifests, failed = [], []
+        for fmt in formats:
+            target = output / f"{fmt}{FORMATS.get(fmt, '')}" if (output and format == "all") else output
+            with console.status(f"{fmt}: starting") as status:
+                try:
+                    manifest = export(fmt, request, None if format == "all" and not output else target, force,
+                                      step=lambda message: status.update(f"{fmt}: {message}"))
+                except VerificationFailed as error:
+                    typer.echo(f"error: {error}", err=True)
+                    failed.append(fmt)
+                    continue
+            manifests.append(manifest)
+            if not quiet:
+                console.print(f"[green]wrote[/green] {manifest['artifact']} ({manifest['bytes'] / 1e6:.1f} MB, "
+                              f"exported in {manifest['export_seconds']:.1f} s)")
+                _print_parity(manifest)
+        if json_output:
+            typer.echo(json.dumps(manifests if format == "all" else (manifests[0] if manifests else {}), indent=2))
+        if failed:
+            raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    artifact: Path = typer.Argument(..., help="An exported artifact with its manifest beside it."),
+    image: Path = typer.Argument(..., help="An image file."),
+    top: int = typer.Option(5, "--top", "-k", min=1, help="How many classes to print."),
+    threads: int = typer.Option(1, "--threads", min=1, help="Runtime threads."),
+):
+    """Print the top-K classes that ARTIFACT itself computes for IMAGE (in its own runtime)."""
+    import numpy as np
+
+    from .data import Preprocessing, load_image
+    from .export import read_manifest
+    from .runtimes import load
+
+    with reported_errors():
+        manifest = read_manifest(artifact)
+        pre = manifest["preprocessing"]
+        preprocessing = Preprocessing(manifest["resolution"], pre["crop_pct"], pre["interpolation"],
+                                      tuple(pre["mean"]), tuple(pre["std"]))
+        pixels = preprocessing(load_image(image))[None]
+        if isinstance(manifest["batch"], int) and manifest["batch"] > 1:
+            pixels = np.repeat(pixels, manifest["batch"], axis=0)
+        logits = load(artifact, threads=threads)(pixels)[0].astype(np.float64)
+        probabilities = np.exp(logits - logits.max())
+        probabilities /= probabilities.sum()
+        names = imagenet_class_names() if len(probabilities) == 1000 else None
+        for rank, index in enumerate(np.argsort(-probabilities)[:top], start=1):
+            label = names[index] if names else f"class {index}"
+            typer.echo(f"{rank}. {label} (index {index}): {probabilities[index] * 100:.2f}%")
+
+
+@app.command()
+def verify(
+    artifact: Path = typer.Argument(..., help="An exported artifact with its manifest beside it."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w",
+                                           help="The checkpoint it was exported from (default: the manifest's)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="Runtime threads."),
+    json_output: bool = typer.Option(False, "--json", help="Print the parity results as JSON on stdout."),
+):
+    """Re-run the parity check of an existing artifact against PyTorch; exit code 1 when it fails."""
+    import json
+
+    from .export import artifact_sha256, read_manifest, reference_model, verify_artifact
+    from .export import DYNAMIC_VERIFY_BATCHES
+    from .model.weights import sha256
+
+    with reported_errors():
+        manifest = read_manifest(artifact)
+        if artifact_sha256(artifact) != manifest["sha256"]:
+            # Still verified: parity, not the hash, decides whether it computes the right thing.
+            typer.echo(f"warning: {artifact} has changed since export (sha256 differs from the manifest's)", err=True)
+        recorded = manifest["weights"]
+        if recorded["kind"] == "checkpoint":
+            weights = weights or Path(recorded["path"])
+            if sha256(weights) != recorded["sha256"]:
+                raise MNV4Error(f"{weights} is not the checkpoint {artifact.name} was exported from (sha256 differs)")
+            model, preprocessing, _ = reference_model(manifest["variant"], weights, manifest["resolution"])
+        else:
+            model, preprocessing, _ = reference_model(manifest["variant"], None, manifest["resolution"],
+                                                      seed=recorded["seed"])
+        batches = DYNAMIC_VERIFY_BATCHES if manifest["batch"] == "dynamic" else (manifest["batch"],)
+        parity = verify_artifact(artifact, model, preprocessing, manifest["precision"], batches, threads)
+        _print_parity({"parity": parity})
+        if json_output:
+            typer.echo(json.dumps(parity, indent=2))
+        if parity.get("passed") is False:
+            raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

@@ -27,3 +27,7 @@ class MissingExtraError(MNV4Error):
     def __init__(self, backend: str, extra: str):
         super().__init__(f"{backend} is not installed: pip install 'mnv4[{extra}]'")
         self.extra = extra
+
+
+class PlatformUnsupportedError(MNV4Error):
+    """A runtime that cannot run on this operating system (Core ML predictions outside macOS)."""

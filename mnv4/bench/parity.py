@@ -1,0 +1,89 @@
+"""Parity of an artifact's logits with the PyTorch reference: the metrics and the pass/fail rule.
+
+Knows nothing of formats: it sees two runners (reference and candidate) through the Runner interface."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..data import Preprocessing, photo_batch
+
+# fp32 artifacts differ from PyTorch only by kernel rounding; fp16 ones by fp16 weights and arithmetic.
+THRESHOLDS = {"fp32": {"rel_err": 1e-4, "cosine": None}, "fp16": {"rel_err": 2e-2, "cosine": 0.999}}
+RANDOM_INPUTS = 2
+
+
+@dataclass(frozen=True)
+class Parity:
+    images: int
+    max_abs: float
+    rel_err: float  # max |candidate - reference| / max |reference|
+    cosine: float  # the lowest per-image cosine similarity of the logit vectors
+    top1_agreement: float
+    top5_agreement: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
+    reference = reference.astype(np.float64)
+    candidate = candidate.astype(np.float64)
+    delta = np.abs(candidate - reference)
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+    cosine = (reference * candidate).sum(axis=1) / np.maximum(norms, 1e-30)
+    k = min(5, reference.shape[1])
+    top_reference = np.argsort(-reference, axis=1)[:, :k]
+    top_candidate = np.argsort(-candidate, axis=1)[:, :k]
+    top5 = [set(a) == set(b) for a, b in zip(top_reference, top_candidate)]
+    return Parity(
+        images=len(reference),
+        max_abs=float(delta.max()),
+        rel_err=float(delta.max() / max(np.abs(reference).max(), 1e-30)),
+        cosine=float(cosine.min()),
+        top1_agreement=float(np.mean(top_reference[:, 0] == top_candidate[:, 0])),
+        top5_agreement=float(np.mean(top5)),
+    )
+
+
+def breaches(parity: Parity, precision: str) -> list[str]:
+    """What exceeds the precision's thresholds, each saying by how much; empty when parity holds."""
+    limits = THRESHOLDS[precision]
+    found = []
+    if parity.rel_err > limits["rel_err"]:
+        found.append(f"relative error {parity.rel_err:.3g} > {limits['rel_err']:g} "
+                     f"({parity.rel_err / limits['rel_err']:.1f}x the limit)")
+    if limits["cosine"] is not None and parity.cosine < limits["cosine"]:
+        found.append(f"cosine {parity.cosine:.6f} < {limits['cosine']}")
+    return found
+
+
+def verification_inputs(preprocessing: Preprocessing, seed: int = 0) -> np.ndarray:
+    """The real photos with the model's eval transform, then random normal inputs."""
+    photos = photo_batch(preprocessing)
+    noise = np.random.default_rng(seed).standard_normal((RANDOM_INPUTS, *photos.shape[1:])).astype(np.float32)
+    return np.concatenate([photos, noise])
+
+
+def run_batched(runner, inputs: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([runner(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
+
+
+def verify(reference, candidate, preprocessing: Preprocessing, precision: str, batch_sizes: tuple[int, ...]) -> dict:
+    """Run both runners on photos + random inputs at each batch size; parity overall and on photos only."""
+    inputs = verification_inputs(preprocessing)
+    photo_count = len(inputs) - RANDOM_INPUTS
+    expected = run_batched(reference, inputs, max(batch_sizes))
+    results = {}
+    worst = None
+    for batch in batch_sizes:
+        actual = run_batched(candidate, inputs, batch)
+        overall = compare(expected, actual)
+        results[f"batch_{batch}"] = {"all": overall.as_dict(),
+                                    "photos": compare(expected[:photo_count], actual[:photo_count]).as_dict()}
+        if worst is None or overall.rel_err > worst.rel_err:
+            worst = overall
+    failures = breaches(worst, precision)
+    return {"passed": not failures, "failures": failures, "thresholds": THRESHOLDS[precision],
+            "inputs": {"photos": photo_count, "random": RANDOM_INPUTS}, "worst": worst.as_dict(), **results}
