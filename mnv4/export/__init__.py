@@ -51,6 +51,7 @@ def default_output(request: ExportRequest, fmt: str, resolution: int) -> Path:
 
 def reference_model(variant: str, weights: Optional[Path], resolution: Optional[int], seed: int = 0):
     """The PyTorch model an artifact must reproduce, and how its weights were obtained."""
+    from ..bench.parity import RANDOM_INPUTS, verification_inputs
     from ..data import photo_batch
     from ..model.factory import create_model
     from ..model.weights import seeded_calibrated_weights, sha256
@@ -60,8 +61,11 @@ def reference_model(variant: str, weights: Optional[Path], resolution: Optional[
     if weights:
         facts = {"kind": "checkpoint", "path": str(Path(weights).resolve()), "sha256": sha256(weights)}
     else:
-        # Mirrored photos: calibration images that are not the verification images themselves.
-        calibration = torch.from_numpy(np.ascontiguousarray(photo_batch(preprocessing)[..., ::-1]))
+        # Mirrored photos and other random-pixel images than the verification ones: the statistics cover
+        # both kinds of verification input without being measured on those inputs themselves.
+        calibration = np.concatenate([photo_batch(preprocessing)[..., ::-1],
+                                      verification_inputs(preprocessing, seed=seed + 1)[-RANDOM_INPUTS:]])
+        calibration = torch.from_numpy(np.ascontiguousarray(calibration))
         facts = seeded_calibrated_weights(model, calibration, seed)
     return model, preprocessing, facts
 

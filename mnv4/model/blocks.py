@@ -185,19 +185,24 @@ class MultiQueryAttention(nn.Module):
         layers["proj"] = conv2d(channels, dim, 1)
         return nn.Sequential(layers)
 
+    def _queries(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, heads, HW, key_dim); query channels are head-major: channel h * key_dim + d is head h's."""
+        height, width = x.shape[-2:]
+        return self.query(x).reshape(-1, self.heads, self.key_dim, height * width).transpose(-1, -2).contiguous()
+
+    def attention_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The pre-softmax scores (B, heads, HW, hw): what weight calibration keeps in a sane range."""
+        return (self._queries(x) * self.scale) @ self._one_head(self.key(x)).transpose(-1, -2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         # The reshapes and memory layouts follow timm's step for step, so that the matmuls see the same
         # operand layouts and round the same way (attention amplifies any rounding difference).
-        # Query channels are head-major: channel h * key_dim + d belongs to head h.
-        q = self.query(x).reshape(-1, self.heads, self.key_dim, height * width).transpose(-1, -2).contiguous()
-        k = self._one_head(self.key(x))
         v = self._one_head(self.value(x))
         if self.fused:
-            o = F.scaled_dot_product_attention(q, k, v)
+            o = F.scaled_dot_product_attention(self._queries(x), self._one_head(self.key(x)), v)
         else:
-            attention = ((q * self.scale) @ k.transpose(-1, -2)).softmax(dim=-1)
-            o = attention @ v
+            o = self.attention_logits(x).softmax(dim=-1) @ v
         # (B, heads, HW, value_dim) -> (B, heads * value_dim, H, W), head-major channels again.
         o = o.transpose(1, 2).reshape(-1, height, width, self.heads * self.value_dim).permute(0, 3, 1, 2)
         return self.output(o.contiguous())

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .blocks import MultiQueryAttention
 
 logger = logging.getLogger("mnv4")
 
@@ -110,6 +111,21 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+MAX_ATTENTION_LOGIT = 4.0
+
+
+def _calibrate_batch_norm(model: nn.Module, norms: list[nn.BatchNorm2d], images: torch.Tensor) -> None:
+    """Set every BatchNorm's running statistics to their average over `images`."""
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the calibration batch
+    model.train()
+    model(images)
+    model.eval()
+    for norm in norms:
+        norm.momentum = 0.1
+
+
 def seeded_calibrated_weights(model: nn.Module, calibration: torch.Tensor, seed: int = 0) -> dict:
     """Reproducible offline weights that make parity checks meaningful.
 
@@ -117,7 +133,8 @@ def seeded_calibrated_weights(model: nn.Module, calibration: torch.Tensor, seed:
     model's (std of a few units, not the 0.01 of a training init); layer-scale values are drawn from
     U(0.1, 0.5) instead of 1e-5 (at 1e-5 a hybrid's residual branches vanish and its logits are nearly
     constant); BatchNorm statistics are then measured on `calibration` images, so activations have a
-    realistic scale. Returns facts for the manifest, including the logit scale this gives."""
+    realistic scale, and attention scores are kept near +-MAX_ATTENTION_LOGIT.
+    Returns facts for the manifest, including the logit scale this gives."""
     generator = torch.Generator().manual_seed(seed)
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     with torch.no_grad():
@@ -130,14 +147,22 @@ def seeded_calibrated_weights(model: nn.Module, calibration: torch.Tensor, seed:
         for name, parameter in model.named_parameters():
             if name.endswith("gamma"):
                 parameter.copy_(torch.rand(parameter.shape, generator=generator) * 0.4 + 0.1)
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None  # a cumulative average over the calibration batch
-        model.train()
-        model(calibration)
-        model.eval()
-        for norm in norms:
-            norm.momentum = 0.1
+        _calibrate_batch_norm(model, norms, calibration)
+        # Random query/key projections give attention scores in the hundreds: a hard argmax that flips on
+        # float rounding, so no two runtimes could agree. Scale each layer's queries so that its largest
+        # score on the calibration images is about MAX_ATTENTION_LOGIT, then re-measure the statistics.
+        attention_layers = [m for m in model.modules() if isinstance(m, MultiQueryAttention)]
+        if attention_layers:
+            largest = {}
+            handles = [layer.register_forward_hook(
+                lambda layer, args, _out: largest.__setitem__(layer, layer.attention_logits(args[0]).abs().max()))
+                for layer in attention_layers]
+            model(calibration)
+            for handle in handles:
+                handle.remove()
+            for layer, value in largest.items():
+                layer.query.proj.weight.mul_(MAX_ATTENTION_LOGIT / value)
+            _calibrate_batch_norm(model, norms, calibration)
         logits = model(calibration)
     return {"kind": "seeded-calibrated", "seed": seed, "logit_std": round(float(logits.std()), 4),
             "logit_max_abs": round(float(logits.abs().max()), 4)}

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+
+from ..errors import MNV4Error
+
+LAYOUTS = ("NCHW", "NHWC")
 
 
 class Runner(ABC):
@@ -28,3 +33,33 @@ class Runner(ABC):
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(np.ascontiguousarray(batch, dtype=np.float32))
+
+
+def artifact_layout(input_shape, layout: str | None) -> str:
+    """The artifact's input layout: `layout` when given, else read from its input shape, where the
+    channel axis is the one of size 3 (an image is never 3 pixels high)."""
+    if layout is None:
+        return "NHWC" if input_shape[-1] == 3 and input_shape[1] != 3 else "NCHW"
+    if layout not in LAYOUTS:
+        raise MNV4Error(f"layout must be {' or '.join(LAYOUTS)}, not {layout!r}")
+    return layout
+
+
+def run_in_artifact_batches(batch: np.ndarray, layout: str, dtype, artifact_batch: int | None,
+                            infer: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Feed an NCHW float32 batch to `infer` in the artifact's layout, dtype and batch size and
+    return float32 logits. A fixed-batch artifact gets slices of its batch size, the last slice
+    padded with zeros (whose logits are dropped); a dynamic one gets the whole batch."""
+    if layout == "NHWC":
+        batch = batch.transpose(0, 2, 3, 1)
+    batch = np.ascontiguousarray(batch, dtype=dtype)
+    if artifact_batch is None:
+        return np.asarray(infer(batch), dtype=np.float32)
+    logits = []
+    for start in range(0, len(batch), artifact_batch):
+        chunk = batch[start:start + artifact_batch]
+        real = len(chunk)
+        if real < artifact_batch:
+            chunk = np.concatenate([chunk, np.zeros((artifact_batch - real, *chunk.shape[1:]), chunk.dtype)])
+        logits.append(infer(chunk)[:real])
+    return np.concatenate(logits).astype(np.float32)
