@@ -193,6 +193,7 @@ def verify(
 
     from .export import artifact_sha256, read_manifest, reference_model, verify_artifact
     from .export import DYNAMIC_VERIFY_BATCHES
+    from .bench.parity import tolerance_for
     from .model.weights import sha256
 
     with reported_errors():
@@ -210,7 +211,8 @@ def verify(
             model, preprocessing, _ = reference_model(manifest["variant"], None, manifest["resolution"],
                                                       seed=recorded["seed"])
         batches = DYNAMIC_VERIFY_BATCHES if manifest["batch"] == "dynamic" else (manifest["batch"],)
-        parity = verify_artifact(artifact, model, preprocessing, manifest["precision"], batches, threads)
+        tolerance = tolerance_for(manifest["precision"], manifest.get("compute_dtype"))
+        parity = verify_artifact(artifact, model, preprocessing, tolerance, batches, threads)
         _print_parity({"parity": parity})
         if json_output:
             typer.echo(json.dumps(parity, indent=2))

@@ -9,8 +9,21 @@ import numpy as np
 
 from ..data import Preprocessing, photo_batch
 
-# fp32 artifacts differ from PyTorch only by kernel rounding; fp16 ones by fp16 weights and arithmetic.
-THRESHOLDS = {"fp32": {"rel_err": 1e-4, "cosine": None}, "fp16": {"rel_err": 2e-2, "cosine": 0.999}}
+# fp32 artifacts differ from PyTorch only by kernel rounding. "fp16" artifacts store fp16 weights but
+# compute in float32 (ONNX, TFLite), so only the weights' rounding shows. "fp16-arithmetic" artifacts also
+# compute in float16 (ExecuTorch XNNPACK, Core ML): every activation and accumulation is rounded to 11
+# bits, which alone costs about 1e-2 relative error and cosine 0.997-0.998 on these models (PyTorch's own
+# float16 on the same weights is no closer), so their limits are looser, and said so in every report.
+THRESHOLDS = {
+    "fp32": {"rel_err": 1e-4, "cosine": None},
+    "fp16": {"rel_err": 2e-2, "cosine": 0.999},
+    "fp16-arithmetic": {"rel_err": 5e-2, "cosine": 0.995},
+}
+
+
+def tolerance_for(precision: str, compute_dtype: str | None) -> str:
+    """Which thresholds apply: by precision, and for fp16 by whether the arithmetic is float16 too."""
+    return "fp16-arithmetic" if precision == "fp16" and compute_dtype == "float16" else precision
 RANDOM_INPUTS = 2
 
 
@@ -47,9 +60,9 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
     )
 
 
-def breaches(parity: Parity, precision: str) -> list[str]:
-    """What exceeds the precision's thresholds, each saying by how much; empty when parity holds."""
-    limits = THRESHOLDS[precision]
+def breaches(parity: Parity, tolerance: str) -> list[str]:
+    """What exceeds the thresholds, each saying by how much; empty when parity holds."""
+    limits = THRESHOLDS[tolerance]
     found = []
     if parity.rel_err > limits["rel_err"]:
         found.append(f"relative error {parity.rel_err:.3g} > {limits['rel_err']:g} "
@@ -76,7 +89,7 @@ def run_batched(runner, inputs: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([runner(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
 
 
-def verify(reference, candidate, preprocessing: Preprocessing, precision: str, batch_sizes: tuple[int, ...]) -> dict:
+def verify(reference, candidate, preprocessing: Preprocessing, tolerance: str, batch_sizes: tuple[int, ...]) -> dict:
     """Run both runners on photos + random inputs at each batch size; parity overall and on photos only."""
     inputs = verification_inputs(preprocessing)
     photo_count = len(inputs) - RANDOM_INPUTS
@@ -90,6 +103,6 @@ def verify(reference, candidate, preprocessing: Preprocessing, precision: str, b
                                     "photos": compare(expected[:photo_count], actual[:photo_count]).as_dict()}
         if worst is None or overall.rel_err > worst.rel_err:
             worst = overall
-    failures = breaches(worst, precision)
-    return {"passed": not failures, "failures": failures, "thresholds": THRESHOLDS[precision],
+    failures = breaches(worst, tolerance)
+    return {"passed": not failures, "failures": failures, "tolerance": tolerance, "thresholds": THRESHOLDS[tolerance],
             "inputs": {"photos": photo_count, "random": RANDOM_INPUTS}, "worst": worst.as_dict(), **results}

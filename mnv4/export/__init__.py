@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import MNV4Error, PlatformUnsupportedError
+from ..bench.parity import tolerance_for
 from .manifest import manifest_path, read_manifest
 
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite", "executorch": ".pte", "coreml": ".mlpackage"}
@@ -94,7 +95,7 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def verify_artifact(artifact: Path, model, preprocessing, precision: str, batch_sizes, threads: int) -> dict:
+def verify_artifact(artifact: Path, model, preprocessing, tolerance: str, batch_sizes, threads: int) -> dict:
     from ..bench.parity import verify
     from ..runtimes import runner_class
     from ..runtimes.torch import TorchRunner
@@ -105,7 +106,7 @@ def verify_artifact(artifact: Path, model, preprocessing, precision: str, batch_
         if isinstance(error, PlatformUnsupportedError):
             return {"passed": None, "status": f"not executed on this platform: {error}"}
         raise
-    return verify(TorchRunner(model, threads=threads), candidate, preprocessing, precision, tuple(batch_sizes))
+    return verify(TorchRunner(model, threads=threads), candidate, preprocessing, tolerance, tuple(batch_sizes))
 
 
 def export(fmt: str, request: ExportRequest, output: Optional[Path] = None, force: bool = False,
@@ -140,8 +141,8 @@ def export(fmt: str, request: ExportRequest, output: Optional[Path] = None, forc
         if request.verify:
             step(f"verifying {fmt} in its runtime on photos")
             batches = DYNAMIC_VERIFY_BATCHES if request.dynamic_batch else (request.batch,)
-            verification = verify_artifact(partial, model, preprocessing, request.precision, batches,
-                                           request.threads)
+            tolerance = tolerance_for(request.precision, facts.get("compute_dtype"))
+            verification = verify_artifact(partial, model, preprocessing, tolerance, batches, request.threads)
         manifest = {
             "schema": 1,
             "format": fmt,

@@ -1,0 +1,67 @@
+"""ExecuTorch runner for .pte artifacts: the C++ runtime through its Python bindings, XNNPACK on CPU."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import MissingExtraError
+from ..export.executorch import DYNAMIC_BATCH_METHOD
+from .base import Runner, artifact_layout, run_in_artifact_batches
+
+# ExecuTorch has one threadpool per process, and each XNNPACK delegate keeps a pointer to the pool
+# that existed when its method was loaded; resizing the pool frees that one. So the pool is resized
+# only by a runner that then reloads its method, and every resize bumps this count so that any other
+# runner sees that its method now points at a freed pool and reloads it before running.
+_threadpool_generation = 0
+
+
+class ExecuTorchRunner(Runner):
+    """A .pte in the ExecuTorch runtime; `threads` sizes ExecuTorch's process-wide threadpool, which
+    XNNPACK runs on, whenever this runner runs."""
+
+    runtime = "executorch"
+
+    def __init__(self, path: str | Path, threads: int = 1, *, layout: str | None = None):
+        super().__init__(path, threads)
+        try:
+            from executorch.extension.pybindings import portable_lib
+            from executorch.runtime import Runtime
+        except ImportError:
+            raise MissingExtraError("ExecuTorch", "executorch") from None
+        self._portable_lib = portable_lib
+        self._runtime = Runtime.get()
+        self._generation = None  # nothing loaded yet
+        self._bind_threadpool()
+        program_input = self._forward.metadata.input_tensor_meta(0).sizes()
+        self.layout = artifact_layout(program_input, layout)
+        # A dynamic-batch program's input is sized for its largest batch (memory is planned for it).
+        self.max_batch = program_input[0]
+        # A .pte from elsewhere lacks the method: treat it as fixed-batch, which is always safe.
+        dynamic = (DYNAMIC_BATCH_METHOD in self._program.method_names
+                   and self._program.load_method(DYNAMIC_BATCH_METHOD).execute([])[0])
+        self.artifact_batch = None if dynamic else self.max_batch
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self._bind_threadpool()
+        return run_in_artifact_batches(batch, self.layout, np.float32, self.artifact_batch, self._infer)
+
+    def _bind_threadpool(self) -> None:
+        """Size the threadpool for this runner, and (re)load the program when its XNNPACK delegate
+        points at a pool that has since been freed."""
+        global _threadpool_generation
+        if self._portable_lib._threadpool_get_thread_count() != self.threads:
+            self._portable_lib._unsafe_reset_threadpool(self.threads)
+            _threadpool_generation += 1
+        if self._generation != _threadpool_generation:
+            self._program = self._runtime.load_program(self.path)
+            self._forward = self._program.load_method("forward")
+            self._generation = _threadpool_generation
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        # A dynamic batch may be any size up to max_batch: split larger ones.
+        return np.concatenate([
+            self._forward.execute([torch.from_numpy(batch[start:start + self.max_batch])])[0].numpy()
+            for start in range(0, len(batch), self.max_batch)
+        ])
