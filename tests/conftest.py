@@ -1,8 +1,12 @@
+from functools import cache
+
 import numpy as np
 import pytest
 import torch
 
+from mnv4.bench.parity import verification_inputs
 from mnv4.data import photos
+from mnv4.export import reference_model
 
 
 def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -42,3 +46,32 @@ def randomise_weights(model: torch.nn.Module, calibration: torch.Tensor, seed: i
 @pytest.fixture(scope="session")
 def photo_images():
     return photos()
+
+
+class Reference:
+    """A variant with the export pipeline's reproducible offline weights, the parity inputs `mnv4 export`
+    verifies with (the nine photos and two random-pixel images, NCHW float32) and its PyTorch logits."""
+
+    def __init__(self, variant: str):
+        self.variant = variant
+        self.model, preprocessing, _ = reference_model(variant, None, None)
+        self.resolution = preprocessing.resolution
+        self.inputs = verification_inputs(preprocessing)
+        with torch.no_grad():
+            self.logits = self.model(torch.from_numpy(self.inputs)).numpy()
+
+    def example(self, batch: int) -> torch.Tensor:
+        return torch.from_numpy(self.inputs[:batch])
+
+
+reference_for = cache(Reference)
+
+
+@pytest.fixture(params=["conv_small", "hybrid_medium"])
+def reference(request):
+    return reference_for(request.param)
+
+
+@pytest.fixture
+def conv_small():
+    return reference_for("conv_small")

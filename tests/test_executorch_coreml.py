@@ -11,51 +11,17 @@ import pytest
 import torch
 
 import mnv4
-from mnv4.bench.parity import THRESHOLDS, compare, verification_inputs
-from mnv4.export import reference_model
+from mnv4.bench.parity import THRESHOLDS, compare
 from mnv4.errors import MissingExtraError, PlatformUnsupportedError, UnsupportedOptionError
 from mnv4.export import coreml as coreml_export
 from mnv4.export import executorch as executorch_export
 from mnv4.runtimes.coreml import CoreMLRunner
 from mnv4.runtimes.executorch import ExecuTorchRunner
 
+from conftest import Reference, reference_for
+
 FP16_ARITHMETIC = THRESHOLDS["fp16-arithmetic"]  # XNNPACK fp16 computes in float16 (see bench/parity.py)
 EDGE_CASTS = {"dim_order_ops._to_dim_order_copy.default": 2}  # float32 -> float16 in, float16 -> float32 out
-
-
-class Reference:
-    """A variant with the pipeline's reproducible offline weights, its parity inputs (the photos and
-    two random images, as `mnv4 export` verifies with) and its logits."""
-
-    def __init__(self, variant: str):
-        self.variant = variant
-        self.model, preprocessing, _ = reference_model(variant, None, None)
-        self.resolution = preprocessing.resolution
-        self.inputs = verification_inputs(preprocessing)
-        with torch.no_grad():
-            self.logits = self.model(torch.from_numpy(self.inputs)).numpy()
-
-    def example(self, batch: int) -> torch.Tensor:
-        return torch.from_numpy(self.inputs[:batch])
-
-
-_references = {}
-
-
-def reference_for(variant: str) -> Reference:
-    if variant not in _references:
-        _references[variant] = Reference(variant)
-    return _references[variant]
-
-
-@pytest.fixture(params=["conv_small", "hybrid_medium"])
-def reference(request):
-    return reference_for(request.param)
-
-
-@pytest.fixture
-def conv_small():
-    return reference_for("conv_small")
 
 
 @pytest.fixture(scope="module")

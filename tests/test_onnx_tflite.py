@@ -3,7 +3,6 @@
 Each test prints its parity line (relative error, cosine, top-1 agreement); run with -s to see them.
 """
 import sys
-from functools import cache
 
 import litert_torch
 import numpy as np
@@ -13,8 +12,7 @@ import pytest
 import torch
 from ai_edge_litert.interpreter import Interpreter
 
-from mnv4.bench.parity import compare, verification_inputs
-from mnv4.export import reference_model
+from mnv4.bench.parity import compare
 from mnv4.errors import MissingExtraError, UnsupportedOptionError
 from mnv4.export import onnx as onnx_export
 from mnv4.export import tflite as tflite_export
@@ -26,36 +24,6 @@ from conftest import relative_error
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 2e-2
 FP16_MIN_COSINE = 0.999
-
-
-class Reference:
-    """A variant with the pipeline's reproducible offline weights (seeded, calibrated on photos), its
-    parity inputs (the nine photos and two random-pixel images, NCHW float32) and its PyTorch logits."""
-
-    def __init__(self, variant: str):
-        self.model, preprocessing, _ = reference_model(variant, None, None)
-        self.resolution = preprocessing.resolution
-        self.inputs = verification_inputs(preprocessing)
-        with torch.no_grad():
-            self.logits = self.model(torch.from_numpy(self.inputs)).numpy()
-
-    def example(self, batch: int) -> torch.Tensor:
-        return torch.from_numpy(self.inputs[:batch])
-
-
-@cache
-def built_reference(variant: str) -> Reference:
-    return Reference(variant)
-
-
-@pytest.fixture(params=["conv_small", "hybrid_medium"])
-def reference(request):
-    return built_reference(request.param)
-
-
-@pytest.fixture
-def conv_small():
-    return built_reference("conv_small")
 
 
 def check_parity(label, expected, actual, precision="fp32"):

@@ -1,5 +1,4 @@
 """The seed port's public API, with none of its bugs."""
-import runpy
 import subprocess
 import sys
 from pathlib import Path
