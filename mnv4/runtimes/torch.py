@@ -1,6 +1,8 @@
 """PyTorch itself as a runner: the reference, eager NCHW, channels-last or torch.compile."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -19,7 +21,8 @@ class TorchRunner(Runner):
         self.mode = mode
         self.model = model.eval()
         if mode == "channels_last":
-            self.model = self.model.to(memory_format=torch.channels_last)
+            # A copy: Module.to() converts in place, and the caller's model may be the reference.
+            self.model = copy.deepcopy(self.model).to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if mode == "compile" else self.model
 
     def run(self, batch: np.ndarray) -> np.ndarray:
