@@ -12,7 +12,7 @@ import torch
 
 import mnv4
 from mnv4.bench.parity import THRESHOLDS, compare
-from mnv4.errors import MissingExtraError, PlatformUnsupportedError, UnsupportedOptionError
+from mnv4.errors import PlatformUnsupportedError, UnsupportedOptionError
 from mnv4.export import coreml as coreml_export
 from mnv4.export import executorch as executorch_export
 from mnv4.runtimes.coreml import CoreMLRunner
@@ -199,18 +199,3 @@ def test_coreml_runner(conv_small, exported):
         return
     check_parity("coreml conv_small fp32", conv_small.logits, CoreMLRunner(path)(conv_small.inputs),
                  THRESHOLDS["fp32"])
-
-
-# ------------------------------------------------------------------------------------- missing extras
-
-@pytest.mark.parametrize("make, package, extra", [
-    (lambda path: executorch_export.export(torch.nn.Identity(), torch.zeros(1, 3, 8, 8), path),
-     "executorch.exir", "executorch"),
-    (lambda path: coreml_export.export(torch.nn.Identity(), torch.zeros(1, 3, 8, 8), path), "coremltools", "coreml"),
-    (ExecuTorchRunner, "executorch.runtime", "executorch"),
-])
-def test_missing_toolchain_names_the_extra(make, package, extra, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, package, None)  # makes `import package` raise ImportError
-    with pytest.raises(MissingExtraError) as raised:
-        make(tmp_path / "model")
-    assert raised.value.extra == extra

@@ -2,7 +2,6 @@
 
 Each test prints its parity line (relative error, cosine, top-1 agreement); run with -s to see them.
 """
-import sys
 
 import litert_torch
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 
 from mnv4.bench.parity import compare
-from mnv4.errors import MissingExtraError, UnsupportedOptionError
+from mnv4.errors import UnsupportedOptionError
 from mnv4.export import onnx as onnx_export
 from mnv4.export import tflite as tflite_export
 from mnv4.runtimes.litert import LiteRTRunner
@@ -138,18 +137,3 @@ def test_litert_runner_resizes_a_dynamic_batch_artifact(tmp_path):
         inputs = torch.randn(size, 3, 16, 16)
         with torch.no_grad():
             np.testing.assert_allclose(runner(inputs.numpy()), model(inputs).numpy(), rtol=1e-5, atol=1e-5)
-
-
-# ------------------------------------------------------------------------------------- missing extras
-
-@pytest.mark.parametrize("make, package, extra", [
-    (lambda path: onnx_export.export(torch.nn.Identity(), torch.zeros(1, 3, 8, 8), path), "onnxscript", "onnx"),
-    (lambda path: tflite_export.export(torch.nn.Identity(), torch.zeros(1, 3, 8, 8), path), "litert_torch", "tflite"),
-    (OnnxRuntimeRunner, "onnxruntime", "onnx"),
-    (LiteRTRunner, "ai_edge_litert.interpreter", "tflite"),
-])
-def test_missing_toolchain_names_the_extra(make, package, extra, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, package, None)  # makes `import package` raise ImportError
-    with pytest.raises(MissingExtraError) as raised:
-        make(tmp_path / "model")
-    assert raised.value.extra == extra
