@@ -34,6 +34,19 @@ def imagenet_class_names() -> list[str]:
     return resources.files("mnv4").joinpath("assets/imagenet_classes.txt").read_text().splitlines()
 
 
+def print_top_classes(logits, top: int) -> None:
+    """One line per class, most probable first: rank, ImageNet name (for 1000 classes), index, softmax %."""
+    import numpy as np
+
+    logits = np.asarray(logits, dtype=np.float64)
+    probabilities = np.exp(logits - logits.max())
+    probabilities /= probabilities.sum()
+    names = imagenet_class_names() if len(probabilities) == 1000 else None
+    for rank, index in enumerate(np.argsort(-probabilities)[:top], start=1):
+        label = names[index] if names else f"class {index}"
+        typer.echo(f"{rank}. {label} (index {index}): {probabilities[index] * 100:.2f}%")
+
+
 @app.command()
 def info(
     variant: str = typer.Option(..., "--variant", "-v", help=VARIANT_HELP),
@@ -73,12 +86,7 @@ def predict(
         model = create_model(variant, pretrained=weights if weights is not None else True)
         batch = torch.from_numpy(model.preprocessing(load_image(image))[None])
         with torch.no_grad():
-            probabilities = model(batch).softmax(dim=-1)[0]
-        names = imagenet_class_names() if probabilities.numel() == 1000 else None
-        values, indices = probabilities.topk(min(top, probabilities.numel()))
-        for rank, (value, index) in enumerate(zip(values.tolist(), indices.tolist()), start=1):
-            label = names[index] if names else f"class {index}"
-            typer.echo(f"{rank}. {label} (index {index}): {value * 100:.2f}%")
+            print_top_classes(model(batch)[0].numpy(), top)
 
 
 def _print_parity(manifest: dict) -> None:
@@ -171,13 +179,7 @@ def run(
         pixels = preprocessing(load_image(image))[None]
         if isinstance(manifest["batch"], int) and manifest["batch"] > 1:
             pixels = np.repeat(pixels, manifest["batch"], axis=0)
-        logits = load(artifact, threads=threads)(pixels)[0].astype(np.float64)
-        probabilities = np.exp(logits - logits.max())
-        probabilities /= probabilities.sum()
-        names = imagenet_class_names() if len(probabilities) == 1000 else None
-        for rank, index in enumerate(np.argsort(-probabilities)[:top], start=1):
-            label = names[index] if names else f"class {index}"
-            typer.echo(f"{rank}. {label} (index {index}): {probabilities[index] * 100:.2f}%")
+        print_top_classes(load(artifact, threads=threads)(pixels)[0], top)
 
 
 @app.command()
@@ -191,14 +193,14 @@ def verify(
     """Re-run the parity check of an existing artifact against PyTorch; exit code 1 when it fails."""
     import json
 
-    from .export import artifact_sha256, read_manifest, reference_model, verify_artifact
+    from .export import read_manifest, reference_model, verify_artifact
     from .export import DYNAMIC_VERIFY_BATCHES
     from .bench.parity import tolerance_for
     from .model.weights import sha256
 
     with reported_errors():
         manifest = read_manifest(artifact)
-        if artifact_sha256(artifact) != manifest["sha256"]:
+        if sha256(artifact) != manifest["sha256"]:
             # Still verified: parity, not the hash, decides whether it computes the right thing.
             typer.echo(f"warning: {artifact} has changed since export (sha256 differs from the manifest's)", err=True)
         recorded = manifest["weights"]

@@ -7,6 +7,7 @@ import torch
 from mnv4.bench.parity import verification_inputs
 from mnv4.data import photos
 from mnv4.export import reference_model
+from mnv4.model.weights import calibrate_batch_norm
 
 
 def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -27,16 +28,11 @@ def randomise_weights(model: torch.nn.Module, calibration: torch.Tensor, seed: i
         for norm in norms:
             norm.weight.copy_(uniform(norm.weight, 0.75, 1.25))
             norm.bias.copy_(torch.randn(norm.bias.shape, generator=generator) * 0.2)
-            norm.reset_running_stats()
-            norm.momentum = None  # cumulative average over the calibration pass
         for name, parameter in model.named_parameters():
             if name.endswith("gamma"):
                 parameter.copy_(uniform(parameter, 0.1, 0.6))
-        model.train()
-        model(calibration)
-        model.eval()
+        calibrate_batch_norm(model, norms, calibration)
         for norm in norms:
-            norm.momentum = 0.1
             norm.running_var.mul_(uniform(norm.running_var, 0.75, 1.25))
             norm.running_mean.add_(torch.randn(norm.running_mean.shape, generator=generator)
                                    * 0.1 * norm.running_var.sqrt())

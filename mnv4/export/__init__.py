@@ -4,7 +4,6 @@ The artifact is written under a temporary name beside the output and moved into 
 exported and verified, so a failed or interrupted export leaves nothing at the output path."""
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -19,6 +18,7 @@ import torch
 
 from ..errors import MNV4Error, PlatformUnsupportedError
 from ..bench.parity import tolerance_for
+from ..model.weights import sha256
 from .manifest import manifest_path, read_manifest
 
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite", "executorch": ".pte", "coreml": ".mlpackage"}
@@ -53,9 +53,8 @@ def default_output(request: ExportRequest, fmt: str, resolution: int) -> Path:
 def reference_model(variant: str, weights: Optional[Path], resolution: Optional[int], seed: int = 0):
     """The PyTorch model an artifact must reproduce, and how its weights were obtained."""
     from ..bench.parity import RANDOM_INPUTS, verification_inputs
-    from ..data import photo_batch
     from ..model.factory import create_model
-    from ..model.weights import seeded_calibrated_weights, sha256
+    from ..model.weights import seeded_calibrated_weights
 
     model = create_model(variant, pretrained=weights or False)
     preprocessing = model.preprocessing.at(resolution or model.preprocessing.resolution)
@@ -64,24 +63,11 @@ def reference_model(variant: str, weights: Optional[Path], resolution: Optional[
     else:
         # Mirrored photos and other random-pixel images than the verification ones: the statistics cover
         # both kinds of verification input without being measured on those inputs themselves.
-        calibration = np.concatenate([photo_batch(preprocessing)[..., ::-1],
-                                      verification_inputs(preprocessing, seed=seed + 1)[-RANDOM_INPUTS:]])
-        calibration = torch.from_numpy(np.ascontiguousarray(calibration))
+        calibration = verification_inputs(preprocessing, seed=seed + 1)
+        calibration[:-RANDOM_INPUTS] = calibration[:-RANDOM_INPUTS, ..., ::-1].copy()
+        calibration = torch.from_numpy(calibration)
         facts = seeded_calibrated_weights(model, calibration, seed)
     return model, preprocessing, facts
-
-
-def artifact_sha256(path: Path) -> str:
-    """sha256 of a file, or of a directory artifact (.mlpackage) as its sorted relative paths + contents."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def artifact_bytes(path: Path) -> int:
@@ -147,7 +133,7 @@ def export(fmt: str, request: ExportRequest, output: Optional[Path] = None, forc
             "schema": 1,
             "format": fmt,
             "artifact": output.name,
-            "sha256": artifact_sha256(partial),
+            "sha256": sha256(partial),
             "bytes": artifact_bytes(partial),
             "variant": request.variant,
             "resolution": preprocessing.resolution,

@@ -104,17 +104,23 @@ def find_in_hf_cache(variant: str, tags: tuple[str, ...]) -> tuple[str, Path] | 
 
 
 def sha256(path: str | Path) -> str:
+    """sha256 of a file, or of a directory (an .mlpackage) as its sorted relative paths and contents."""
+    path = Path(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
 MAX_ATTENTION_LOGIT = 4.0
 
 
-def _calibrate_batch_norm(model: nn.Module, norms: list[nn.BatchNorm2d], images: torch.Tensor) -> None:
+def calibrate_batch_norm(model: nn.Module, norms: list[nn.BatchNorm2d], images: torch.Tensor) -> None:
     """Set every BatchNorm's running statistics to their average over `images`."""
     for norm in norms:
         norm.reset_running_stats()
@@ -147,7 +153,7 @@ def seeded_calibrated_weights(model: nn.Module, calibration: torch.Tensor, seed:
         for name, parameter in model.named_parameters():
             if name.endswith("gamma"):
                 parameter.copy_(torch.rand(parameter.shape, generator=generator) * 0.4 + 0.1)
-        _calibrate_batch_norm(model, norms, calibration)
+        calibrate_batch_norm(model, norms, calibration)
         # Random query/key projections give attention scores in the hundreds: a hard argmax that flips on
         # float rounding, so no two runtimes could agree. Scale each layer's queries so that its largest
         # score on the calibration images is about MAX_ATTENTION_LOGIT, then re-measure the statistics.
@@ -162,7 +168,7 @@ def seeded_calibrated_weights(model: nn.Module, calibration: torch.Tensor, seed:
                 handle.remove()
             for layer, value in largest.items():
                 layer.query.proj.weight.mul_(MAX_ATTENTION_LOGIT / value)
-            _calibrate_batch_norm(model, norms, calibration)
+            calibrate_batch_norm(model, norms, calibration)
         logits = model(calibration)
     return {"kind": "seeded-calibrated", "seed": seed, "logit_std": round(float(logits.std()), 4),
             "logit_max_abs": round(float(logits.abs().max()), 4)}
