@@ -1,0 +1,287 @@
+"""results.json (schema checks, atomic writes) and the Markdown/HTML report built from one or several machines."""
+import base64
+import json
+import re
+import sys
+
+import pytest
+
+from mnv4.bench.report import merge, render_markdown, write_report
+from mnv4.bench.results import SCHEMA, load_results, write_results
+from mnv4.errors import MissingExtraError, MNV4Error
+
+CONV_SMALL_MACS = 186_000_000
+
+
+def latency(median, spread=0.05):
+    return {"mean": median * 1.01, "median": median, "p5": median * (1 - spread), "p95": median * (1 + 2 * spread),
+            "p99": median * (1 + 3 * spread), "std": median * spread, "min": median * 0.9, "max": median * 1.5,
+            "iterations": 200}
+
+
+def parity(rel_err, cosine=0.999999, tolerance="fp32", passed=True, top1=1.0):
+    return {"rel_err": rel_err, "cosine": cosine, "top1_agreement": top1, "top5_agreement": 1.0,
+            "max_abs": rel_err * 12, "tolerance": tolerance, "passed": passed}
+
+
+def row(fmt, runtime, median=None, *, source="mnv4", precision="fp32", threads=1, batch=1, device="cpu",
+        status="ok", reason=None, parity=None, ratio=None, artifact_bytes=None):
+    """One row as the runner writes it, derived fields computed from the median as docs/bench.md defines them."""
+    measured = median is not None
+    gflops = 2 * CONV_SMALL_MACS * batch / (median / 1000) / 1e9 if measured else None
+    return {"source": source, "format": fmt, "runtime": runtime, "device": device, "precision": precision,
+            "threads": threads, "batch": batch, "status": status, "reason": reason,
+            "latency_ms": latency(median) if measured else None, "load_ms": 35.5 if measured else None,
+            "first_inference_ms": 2.5 * median if measured else None,
+            "throughput_ips": batch * 1000 / median if measured else None, "peak_rss_mb": 412.0 if measured else None,
+            "artifact_bytes": artifact_bytes, "export_seconds": 7.25 if artifact_bytes else None, "parity": parity,
+            "gflops": gflops, "peak_fraction": gflops / (120.0 * threads) if measured and threads else None,
+            "ratio_vs_timm": ratio}
+
+
+def results(machine_id, rows, *, hostname="box", cpu="AMD EPYC 9654", gpu=None, device="cpu"):
+    return {
+        "schema": SCHEMA, "created": "2026-11-27T21:00:00Z",
+        "machine": {"id": machine_id, "hostname": hostname, "os": "Linux 6.8", "platform": "linux-x86_64",
+                    "python": "3.11.9", "cpu_model": cpu, "physical_cores": 8, "logical_cores": 16,
+                    "isa": ["avx2", "fma", "avx512f"], "memory_gb": 62.7, "gpu": gpu,
+                    "fma_peak_gflops_per_thread": 120.0},
+        "versions": {"mnv4": "0.1.0", "torch": "2.14.1", "onnxruntime": "1.31.0", "coremltools": None},
+        "options": {"variant": "conv_small", "formats": ["onnx", "tflite", "executorch", "coreml", "torch"],
+                    "precisions": ["fp32", "fp16"], "threads": [1], "batches": [1, 8, 64], "device": device,
+                    "warmup": 20, "iterations": None, "min_seconds": 2.0, "weights": None, "resolution": 224,
+                    "compare_timm": True, "command": f"mnv4 bench --variant conv_small --device {device}"},
+        "model": {"variant": "conv_small", "resolution": 224, "macs": CONV_SMALL_MACS, "params": 3_774_024},
+        "rows": rows,
+    }
+
+
+@pytest.fixture
+def linux():
+    """A Linux box with a GPU: every status, mnv4 against timm, and a CUDA batch sweep."""
+    rows = [
+        row("torch", "torch-eager", 9.87),
+        row("onnx", "onnxruntime", 4.12, parity=parity(3.1e-6), ratio=0.95, artifact_bytes=15_123_456),
+        row("onnx", "onnxruntime", 4.34, source="timm", parity=parity(2.9e-6), artifact_bytes=15_120_000),
+        row("tflite", "litert", 5.5, precision="fp16", status="parity-failed",
+            reason="relative error 0.0862 > 0.02 (4.3x the limit)",
+            parity=parity(0.0862, 0.9951, "fp16", passed=False, top1=10 / 11), artifact_bytes=7_600_000),
+        row("executorch", "executorch", status="unavailable", reason="unavailable: install mnv4[executorch]"),
+        row("onnx", "onnxruntime", precision="fp16", status="failed",
+            reason="RuntimeError: Type Error: Type (tensor(float16)) of input parameter is invalid"),
+        row("coreml", "coreml", status="latency-not-measured", reason="latency: macOS only",
+            parity=parity(4.4e-6), artifact_bytes=15_500_000),
+    ]
+    for batch, median in ((1, 0.41), (8, 0.62), (64, 2.95)):
+        rows.append(row("torch", "torch-cuda-graphs", median, precision="fp16", threads=None, batch=batch,
+                        device="cuda", parity=parity(4.1e-3, 0.99999, "fp16"), ratio=0.9))
+        rows.append(row("torch", "torch-cuda-graphs", median / 0.9, source="timm", precision="fp16", threads=None,
+                        batch=batch, device="cuda", parity=parity(4.2e-3, 0.99999, "fp16")))
+    return results("linux-epyc", rows, gpu="NVIDIA H100 80GB HBM3", device="cuda")
+
+
+@pytest.fixture
+def mac():
+    rows = [row("coreml", "coreml", 1.23, parity=parity(5.0e-6), artifact_bytes=15_500_000),
+            row("coreml", "coreml", 0.98, precision="fp16", parity=parity(2.4e-2, 0.9985, "fp16-arithmetic"),
+                artifact_bytes=7_800_000),
+            row("torch", "torch-eager", 6.4)]
+    data = results("mac-m3", rows, hostname="mac", cpu="Apple M3 Pro")
+    data["machine"]["isa"] = ["neon", "fp16"]
+    return data
+
+
+def one_line_error(excinfo) -> str:
+    message = str(excinfo.value)
+    assert "\n" not in message
+    return message
+
+
+def embedded_pngs(page: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# results.json
+
+
+def test_results_round_trip_through_an_atomic_write(tmp_path, linux):
+    path = write_results(linux, tmp_path / "out" / "results.json")
+    assert load_results(path) == linux
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # no temporary file left behind
+
+
+def test_numpy_numbers_are_written_as_plain_json_numbers(tmp_path, linux):
+    np = pytest.importorskip("numpy")
+    linux["rows"][1]["latency_ms"]["median"] = np.float64(4.12)
+    linux["rows"][1]["latency_ms"]["iterations"] = np.int64(200)
+    loaded = load_results(write_results(linux, tmp_path / "results.json"))
+    assert loaded["rows"][1]["latency_ms"]["median"] == 4.12 and loaded["rows"][1]["latency_ms"]["iterations"] == 200
+
+
+def test_a_file_of_another_schema_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "A.json"
+    path.write_text(json.dumps({"schema": "x", "rows": []}))
+    with pytest.raises(MNV4Error) as excinfo:
+        load_results(path)
+    message = one_line_error(excinfo)
+    assert message.startswith(f"{path}: not an mnv4 bench results file (schema 'x'")
+
+
+def test_invalid_json_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "A.json"
+    path.write_text('{"schema": "mnv4-bench/1",')
+    with pytest.raises(MNV4Error) as excinfo:
+        load_results(path)
+    assert one_line_error(excinfo).startswith(f"{path}: not valid JSON (line 1")
+
+
+def test_a_row_without_status_is_refused_naming_the_row(tmp_path, linux):
+    del linux["rows"][2]["status"]
+    path = tmp_path / "A.json"
+    path.write_text(json.dumps(linux))
+    with pytest.raises(MNV4Error) as excinfo:
+        load_results(path)
+    assert one_line_error(excinfo) == f"{path}: row 2: missing 'status'"
+
+
+def test_a_row_that_did_not_run_needs_a_reason_and_nothing_is_written_without_one(tmp_path, linux):
+    path = write_results(linux, tmp_path / "results.json")
+    before = path.read_bytes()
+    linux["rows"][4]["reason"] = None
+    with pytest.raises(MNV4Error) as excinfo:
+        write_results(linux, path)
+    assert "row 4 (mnv4 executorch/executorch fp32 1 threads batch 1): status 'unavailable' needs a reason" in (
+        one_line_error(excinfo))
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+@pytest.mark.parametrize("index, change, problem", [
+    (1, {"latency_ms": None}, "status 'ok' needs a latency_ms"),
+    (6, {"latency_ms": latency(3.0)}, "status 'latency-not-measured' must not have a latency_ms"),
+    (3, {"parity": None}, "status 'parity-failed' needs a parity"),
+])
+def test_a_row_whose_numbers_contradict_its_status_is_refused(tmp_path, linux, index, change, problem):
+    linux["rows"][index].update(change)
+    with pytest.raises(MNV4Error) as excinfo:
+        write_results(linux, tmp_path / "results.json")
+    assert one_line_error(excinfo).endswith(problem)
+
+
+def test_the_same_configuration_twice_in_one_file_is_refused(tmp_path, linux):
+    linux["rows"].append(dict(linux["rows"][1]))
+    with pytest.raises(MNV4Error) as excinfo:
+        write_results(linux, tmp_path / "results.json")
+    assert f"row {len(linux['rows']) - 1} (mnv4 onnx/onnxruntime fp32 1 threads batch 1) repeats row 1" in (
+        one_line_error(excinfo))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report.md
+
+
+def test_markdown_has_the_command_the_numbers_and_every_reason(tmp_path, linux):
+    md_path, _ = write_report([load_results(write_results(linux, tmp_path / "results.json"))], tmp_path)
+    md = md_path.read_text()
+    assert "$ mnv4 bench --variant conv_small --device cuda" in md and "min_seconds: 2.0" in md
+    assert "| linux-epyc | conv_small | 2026-11-27T21:00:00Z | AMD EPYC 9654 | 8/16 | avx2 fma avx512f |" in md
+    assert "mnv4 0.1.0, torch 2.14.1, onnxruntime 1.31.0 |" in md  # a missing library is left out
+    assert "conv_small at 224 px: 3.77 M parameters, 0.186 GMACs per image" in md
+    onnx = ("| mnv4 | onnx | onnxruntime | cpu | fp32 | 1 | 1 | ok | 4.12 (3.91–4.53) | 4.16 ± 0.21 | 4.74 | 200 "
+            "| 35.5 | 10.3 | 243 | 412 | 90.3 | 75.2% | 0.95× |")
+    assert onnx in md
+    assert "| mnv4 | onnx | onnxruntime | cpu | fp32 | 1 | 1 | ok | 3.10e-06 | 0.999999 | 100% | 100% | 3.72e-05 | fp32 " \
+           "| 15.12 | 7.2 |" in md
+    assert "| parity-failed | 8.62e-02 | 0.995100 | 90.9% | 100% |" in md
+    assert "| mnv4 | torch | torch-cuda-graphs | cuda | fp16 | — | 64 | ok | 2.95 (2.80–3.25) |" in md
+    assert "| unavailable | unavailable: install mnv4[executorch] |" in md
+    assert "| failed | RuntimeError: Type Error: Type (tensor(float16)) of input parameter is invalid |" in md
+    assert "| mnv4 | coreml | coreml | cpu | fp32 | 1 | 1 | latency-not-measured | latency: macOS only |" in md
+    assert "| machine |" not in md.split("## conv_small")[1]  # one machine: no machine column
+
+
+def test_rows_are_in_format_order_with_timm_under_its_mnv4_twin(linux):
+    latency_table = render_markdown([linux]).split("### Latency")[1].split("### Parity")[0]
+    lines = [line for line in latency_table.splitlines() if line.startswith(("| mnv4", "| timm"))]
+    order = [tuple(cell.strip() for cell in line.split("|")[1:4]) for line in lines[:5]]
+    assert order == [("mnv4", "onnx", "onnxruntime"), ("timm", "onnx", "onnxruntime"), ("mnv4", "tflite", "litert"),
+                     ("mnv4", "torch", "torch-eager"), ("mnv4", "torch", "torch-cuda-graphs")]
+
+
+def test_report_has_a_clear_line_for_a_results_file_with_no_latency(linux):
+    linux["rows"] = [row for row in linux["rows"] if row["latency_ms"] is None and row["parity"] is None]
+    md = render_markdown([linux])
+    assert "No row has a latency measurement." in md and "No row has a parity measurement or an artifact." in md
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report.html
+
+
+def test_html_is_one_self_contained_file_with_the_three_plots(tmp_path, linux):
+    _, html_path = write_report([linux], tmp_path)
+    page = html_path.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    pngs = embedded_pngs(page)
+    assert len(pngs) == 3 and all(png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000 for png in pngs)
+    for caption in ("Median latency with p5–p95 whiskers on linux-epyc, batch 1.",
+                    "Median latency against relative error", "Images per second against batch size on the GPU."):
+        assert f"<figcaption>{caption}" in page
+    assert "<td>latency: macOS only</td>" in page and '<td class="status parity-failed">parity-failed</td>' in page
+    assert '<td class="num">4.12 (3.91–4.53)</td>' in page
+
+
+@pytest.mark.parametrize("machine", ["mac", "linux at one batch"])
+def test_html_without_a_cuda_sweep_says_why_there_is_no_throughput_plot(tmp_path, mac, linux, machine):
+    if machine == "mac":
+        data = mac
+    else:  # CUDA rows, but at a single batch size: a line needs two points
+        data = linux
+        data["rows"] = [row for row in data["rows"] if row["batch"] == 1]
+    page = write_report([data], tmp_path)[1].read_text()
+    assert len(embedded_pngs(page)) == 2
+    assert "No throughput-against-batch plot: these results have no CUDA rows measured at more than one batch" in page
+
+
+def test_without_matplotlib_the_report_names_the_extra_and_writes_nothing(tmp_path, linux, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    with pytest.raises(MissingExtraError) as excinfo:
+        write_report([linux], tmp_path / "report")
+    assert excinfo.value.extra == "bench" and not any((tmp_path / "report").iterdir())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mnv4 report A.json B.json
+
+
+def test_merging_two_machines_shows_both_machines_and_all_their_rows(tmp_path, linux, mac):
+    a, b = write_results(linux, tmp_path / "A.json"), write_results(mac, tmp_path / "B.json")
+    md_path, html_path = merge([a, b], tmp_path / "report")
+    md, page = md_path.read_text(), html_path.read_text()
+    assert md_path == tmp_path / "report" / "report.md" and html_path == tmp_path / "report" / "report.html"
+    assert "2 results file(s) from linux-epyc, mac-m3." in md
+    assert "| mac-m3 | conv_small | 2026-11-27T21:00:00Z | Apple M3 Pro | 8/16 | neon fp16 |" in md
+    assert "| mac-m3 | mnv4 | coreml | coreml | cpu | fp16 | 1 | 1 | ok | 0.980 (0.931–1.078) |" in md
+    assert "| linux-epyc | mnv4 | onnx | onnxruntime | cpu | fp32 | 1 | 1 | ok | 4.12 (3.91–4.53) |" in md
+    assert "| linux-epyc | mnv4 | coreml | coreml | cpu | fp32 | 1 | 1 | latency-not-measured | latency: macOS only |" in md
+    for machine in ("linux-epyc", "mac-m3"):
+        assert f"<figcaption>Median latency with p5–p95 whiskers on {machine}, batch 1.</figcaption>" in page
+        assert f"<td>{machine}</td>" in page
+    assert len(embedded_pngs(page)) == 4  # a latency plot per machine, parity, CUDA throughput
+
+
+def test_merging_the_same_measurements_twice_is_refused(tmp_path, linux):
+    a, b = write_results(linux, tmp_path / "A.json"), write_results(linux, tmp_path / "B.json")
+    with pytest.raises(MNV4Error) as excinfo:
+        merge([a, b], tmp_path / "report")
+    message = one_line_error(excinfo)
+    assert message.startswith(f"{b}: linux-epyc conv_small mnv4 torch/torch-eager fp32 1 threads batch 1 is already in {a}")
+    assert not (tmp_path / "report").exists()
+
+
+def test_different_machines_with_the_same_id_are_told_apart(linux, mac):
+    mac["machine"]["id"] = "linux-epyc"
+    md = render_markdown([linux, mac])
+    assert "from linux-epyc, linux-epyc #2." in md
+    assert "| linux-epyc #2 | mnv4 | coreml | coreml | cpu | fp16 |" in md
