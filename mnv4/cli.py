@@ -114,6 +114,8 @@ def export_command(
     batch: int = typer.Option(1, "--batch", "-b", help="Fixed batch size of the artifact."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Leave the batch axis free."),
     nhwc: bool = typer.Option(False, "--nhwc", help="Channels-last (NHWC) input, where the format supports it."),
+    image_input: bool = typer.Option(
+        False, "--image-input", help="Core ML: an RGB image input, normalised inside the model (batch 1)."),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="Artifact path (with --format all: a folder). Default: a name in the current folder."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing artifact."),
@@ -133,8 +135,8 @@ def export_command(
     with reported_errors():
         formats = list(FORMATS) if format == "all" else [format]
         request = ExportRequest(variant=variant, weights=weights, resolution=resolution, precision=precision,
-                                batch=batch, dynamic_batch=dynamic_batch, nhwc=nhwc, verify=not no_verify,
-                                threads=threads)
+                                batch=batch, dynamic_batch=dynamic_batch, nhwc=nhwc, image_input=image_input,
+                                verify=not no_verify, threads=threads)
         manifests, failed = [], []
         for fmt in formats:
             target = output / f"{fmt}{FORMATS.get(fmt, '')}" if (output and format == "all") else output

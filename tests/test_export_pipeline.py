@@ -96,6 +96,7 @@ def test_existing_output_needs_force(exported):
     (("--format", "pdf"), ("unknown format 'pdf'", "onnx, tflite, executorch, coreml, all")),
     (("--format", "onnx", "--variant", "conv_xs"), ("unknown variant 'conv_xs'",)),
     (("--format", "onnx", "--nhwc"), ("--nhwc", "NCHW")),
+    (("--format", "onnx", "--image-input"), ("--image-input is only for Core ML",)),
     (("--format", "onnx", "--precision", "int3"), ("unknown precision 'int3'",)),
     (("--format", "onnx", "--weights", "nowhere.safetensors"), ("checkpoint not found",)),
 ])
@@ -104,6 +105,19 @@ def test_bad_export_options_leave_nothing_behind(args, fragments, tmp_path):
     result = run_cli("export", *args, "--output", output)
     assert_one_line_error(result, *fragments)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_coreml_image_input_from_the_command_line(tmp_path):
+    """`--image-input` gives a Core ML image input whose folded normalisation is the variant's own."""
+    output = tmp_path / "model.mlpackage"
+    result = run_cli("export", "--format", "coreml", "--image-input", "--output", output, "--json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads(result.stdout)
+    assert manifest["input_kind"] == "image" and manifest["input_dtype"] == "uint8"
+    std = np.asarray(manifest["preprocessing"]["std"])
+    gain = np.asarray(manifest["image_normalisation"]["channel_gain"])
+    assert np.allclose(gain * std, std.mean())  # the gain restores each channel's own std
+    assert output.is_dir() and manifest_path(output).exists()
 
 
 def test_missing_backend_names_the_extra(tmp_path):

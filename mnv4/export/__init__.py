@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..errors import MNV4Error, PlatformUnsupportedError
+from ..errors import MNV4Error, PlatformUnsupportedError, UnsupportedOptionError
 from ..bench.parity import tolerance_for
 from ..model.weights import sha256
 from .manifest import manifest_path, read_manifest
@@ -39,6 +39,7 @@ class ExportRequest:
     batch: int = 1
     dynamic_batch: bool = False
     nhwc: bool = False
+    image_input: bool = False  # Core ML only: an RGB image input with the normalisation inside the model
     verify: bool = True
     threads: int = 1
 
@@ -46,6 +47,7 @@ class ExportRequest:
 def default_output(request: ExportRequest, fmt: str, resolution: int) -> Path:
     parts = [f"mnv4_{request.variant}", f"r{resolution}", request.precision]
     parts += ["nhwc"] if request.nhwc else []
+    parts += ["image"] if request.image_input else []
     parts += ["dynamic"] if request.dynamic_batch else ([f"b{request.batch}"] if request.batch != 1 else [])
     return Path("_".join(parts) + FORMATS[fmt])
 
@@ -104,6 +106,9 @@ def export(fmt: str, request: ExportRequest, output: Optional[Path] = None, forc
         raise MNV4Error(f"unknown precision {request.precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if request.batch < 1:
         raise MNV4Error(f"--batch must be at least 1, got {request.batch}")
+    if request.image_input and fmt != "coreml":
+        raise UnsupportedOptionError(f"--image-input is only for Core ML (an image input type); {fmt} takes "
+                                     f"the normalised tensor")
     step(f"building {request.variant}")
     model, preprocessing, weights = reference_model(request.variant, request.weights, request.resolution)
     output = Path(output or default_output(request, fmt, preprocessing.resolution))
@@ -121,7 +126,9 @@ def export(fmt: str, request: ExportRequest, output: Optional[Path] = None, forc
         step(f"exporting {fmt} ({request.precision})")
         started = time.perf_counter()
         facts = exporter.export(model, example, partial, precision=request.precision,
-                                dynamic_batch=request.dynamic_batch, nhwc=request.nhwc)
+                                dynamic_batch=request.dynamic_batch, nhwc=request.nhwc,
+                                **({"image_input": True, "mean": preprocessing.mean, "std": preprocessing.std}
+                                   if request.image_input else {}))
         export_seconds = time.perf_counter() - started
         verification = {"passed": None, "status": "skipped (--no-verify)"}
         if request.verify:

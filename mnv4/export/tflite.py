@@ -22,10 +22,10 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     `nhwc` the input is NHWC, as TFLite kernels and camera frames lay it out; the output is logits.
     """
     if dynamic_batch:
-        # litert-torch lowers reshapes through JAX, which needs concrete sizes, and a classifier
-        # always flattens (N, C, 1, 1) -> (N, C); its own tests note that dynamic_shapes fail.
-        raise UnsupportedOptionError("--dynamic-batch is not available for TFLite: litert-torch 0.10 cannot "
-                                     "lower the classifier's batch-dependent reshape; export a fixed batch")
+        # litert-torch 0.10 types each convolution's output with the example's batch, so the written file
+        # only runs at that batch; its JAX-bridged lowerings reject a symbolic one (docs/export.md).
+        raise UnsupportedOptionError("--dynamic-batch is not available for TFLite: litert-torch 0.10 fixes every "
+                                     "op after the input to the example's batch; export a fixed --batch")
     if precision not in PRECISIONS:
         raise UnsupportedOptionError(f"TFLite export supports precision {' or '.join(PRECISIONS)}, not {precision!r}")
     try:
