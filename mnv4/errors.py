@@ -31,3 +31,7 @@ class MissingExtraError(MNV4Error):
 
 class PlatformUnsupportedError(MNV4Error):
     """A runtime that cannot run on this operating system (Core ML predictions outside macOS)."""
+
+
+class UnsupportedOperationError(MNV4Error):
+    """A Core ML program operation that the Linux interpreter does not implement."""

@@ -1,18 +1,17 @@
 """ExecuTorch (XNNPACK) and Core ML exports with their real toolchains, against the PyTorch model.
 
 ExecuTorch artifacts run in the ExecuTorch runtime on real photos. Core ML artifacts are converted,
-saved and read back everywhere; they run only on macOS. Each parity check prints its line (relative
+saved and read back everywhere, and run in Core ML on macOS and in the ML-program interpreter elsewhere
+(tests/test_coreml_program.py covers the interpreter). Each parity check prints its line (relative
 error, cosine, top-1 agreement); run with -s to see them.
 """
-import sys
-
 import numpy as np
 import pytest
 import torch
 
 import mnv4
 from mnv4.bench.parity import THRESHOLDS, compare
-from mnv4.errors import PlatformUnsupportedError, UnsupportedOptionError
+from mnv4.errors import UnsupportedOptionError
 from mnv4.export import coreml as coreml_export
 from mnv4.export import executorch as executorch_export
 from mnv4.runtimes.coreml import CoreMLRunner
@@ -191,11 +190,7 @@ def test_coreml_rejects_what_it_cannot_honour(options, message, conv_small, tmp_
 
 
 def test_coreml_runner(conv_small, exported):
-    """Predictions need macOS: elsewhere the runner refuses clearly; on macOS it matches PyTorch."""
+    """The platform's Core ML runner (predict on macOS, the ML-program interpreter elsewhere) matches PyTorch."""
     path, _ = exported(conv_small, coreml_export, ".mlpackage", precision="fp32", dynamic_batch=False)
-    if sys.platform != "darwin":
-        with pytest.raises(PlatformUnsupportedError, match="Core ML predictions need macOS"):
-            CoreMLRunner(path)
-        return
-    check_parity("coreml conv_small fp32", conv_small.logits, CoreMLRunner(path)(conv_small.inputs),
+    check_parity(f"{CoreMLRunner.runtime} conv_small fp32", conv_small.logits, CoreMLRunner(path)(conv_small.inputs),
                  THRESHOLDS["fp32"])

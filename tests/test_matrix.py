@@ -23,8 +23,5 @@ def test_export_and_verify(variant, fmt, precision, tmp_path, request):
     output = tmp_path / f"model{FORMATS[fmt]}"
     manifest = export(fmt, ExportRequest(variant=variant, precision=precision), output)
     assert output.exists() and manifest["bytes"] > 0
-    parity = manifest["parity"]
-    if fmt == "coreml" and parity["passed"] is None:
-        assert parity["status"].startswith("not executed on this platform")
-    else:
-        assert parity["passed"] is True, parity["failures"]
+    parity = manifest["parity"]  # Core ML too: off macOS it runs in the ML-program interpreter
+    assert parity["passed"] is True, parity.get("failures", parity.get("status"))

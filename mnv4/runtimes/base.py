@@ -22,6 +22,8 @@ class Runner(ABC):
     """
 
     runtime: str = ""
+    # False for a runner whose speed says nothing of the runtime's (an interpreter standing in for it).
+    measures_latency: bool = True
 
     def __init__(self, path: str | Path, threads: int = 1):
         self.path = Path(path)

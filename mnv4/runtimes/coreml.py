@@ -1,8 +1,14 @@
-"""Core ML runner for .mlpackage artifacts: coremltools' MLModel.predict, which only macOS can run."""
+"""Core ML runners for .mlpackage artifacts: Core ML's own MLModel.predict on macOS, and elsewhere the
+ML-program interpreter (coreml_program.py), which executes the same saved program with PyTorch kernels.
+
+`CoreMLRunner`, the runner `load` gives for an .mlpackage, is the platform's: predict where Core ML
+exists, the interpreter everywhere else."""
 from __future__ import annotations
 
 import platform
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +17,31 @@ from ..errors import MissingExtraError, MNV4Error, PlatformUnsupportedError
 from .base import Runner, run_in_artifact_batches
 
 
-class CoreMLRunner(Runner):
+@dataclass(frozen=True)
+class Interface:
+    """What the model description says about the artifact's one input and one output."""
+
+    input_name: str
+    image_input: bool
+    output_name: str
+    artifact_batch: int | None  # None: a dynamic batch
+
+
+def read_interface(spec) -> Interface:
+    description = spec.description
+    model_input = description.input[0]
+    image_input = model_input.type.WhichOneof("Type") == "imageType"
+    artifact_batch = 1  # an image input is one image
+    if not image_input:
+        array = model_input.type.multiArrayType
+        # A RangeDim batch shows as a size range; a fixed batch only as the shape.
+        batch_range = array.shapeRange.sizeRanges[0] if array.shapeRange.sizeRanges else None
+        dynamic = batch_range is not None and batch_range.upperBound != batch_range.lowerBound
+        artifact_batch = None if dynamic else int(array.shape[0])
+    return Interface(model_input.name, image_input, description.output[0].name, artifact_batch)
+
+
+class CoreMLPredictRunner(Runner):
     """An .mlpackage with a tensor input in Core ML, on the CPU so that float32 stays float32 (the
     GPU and Neural Engine compute in float16) and numbers compare with the other CPU runtimes.
     Core ML schedules its own threads: `threads` is recorded, not applied."""
@@ -23,28 +53,79 @@ class CoreMLRunner(Runner):
         # Checked first: installing coremltools would not help on another OS.
         if sys.platform != "darwin":
             raise PlatformUnsupportedError(
-                f"Core ML predictions need macOS; on {platform.system()} a .mlpackage can be exported and "
-                f"inspected (coremltools.utils.load_spec) but not run")
+                f"Core ML predictions need macOS; on {platform.system()} the Core ML program interpreter "
+                f"(CoreMLProgramRunner) runs the .mlpackage instead")
         try:
             import coremltools as ct
         except ImportError:
             raise MissingExtraError("Core ML", "coreml") from None
         self.model = ct.models.MLModel(str(self.path), compute_units=ct.ComputeUnit.CPU_ONLY)
-        description = self.model.get_spec().description
-        model_input = description.input[0]
-        if model_input.type.WhichOneof("Type") != "multiArrayType":
+        self.interface = read_interface(self.model.get_spec())
+        if self.interface.image_input:
             raise MNV4Error(f"{self.path.name} takes an image, not the normalised NCHW tensors a runner is given; "
-                            f"export it with a tensor input to run it here")
-        self._input_name = model_input.name
-        self._output_name = description.output[0].name
-        array = model_input.type.multiArrayType
-        # A RangeDim batch shows as a size range; a fixed batch only as the shape.
-        batch_range = array.shapeRange.sizeRanges[0] if array.shapeRange.sizeRanges else None
-        dynamic = batch_range is not None and batch_range.upperBound != batch_range.lowerBound
-        self.artifact_batch = None if dynamic else int(array.shape[0])
+                            f"export it with a tensor input to run it in Core ML")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return run_in_artifact_batches(batch, "NCHW", np.float32, self.artifact_batch, self._infer)
+        return run_in_artifact_batches(batch, "NCHW", np.float32, self.interface.artifact_batch, self._infer)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.model.predict({self._input_name: batch})[self._output_name]
+        return self.model.predict({self.interface.input_name: batch})[self.interface.output_name]
+
+
+class CoreMLProgramRunner(Runner):
+    """The .mlpackage's ML program executed by mnv4's interpreter on the CPU, with `threads` PyTorch
+    threads, at the precision the program declares (an fp16 program in float16, see coreml_program.py).
+
+    Its numbers are Core ML's; its speed is not (`measures_latency` is False). An image-input program
+    is fed the pixels that the normalised batch came from, p = 255 * (x * std + mean), with `mean` and
+    `std` given or read from the artifact's manifest; the program's own scale and bias then normalise
+    them again, so that parity covers the image preprocessing too."""
+
+    runtime = "coreml-interpreter"
+    measures_latency = False
+
+    def __init__(self, path: str | Path, threads: int = 1, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None):
+        super().__init__(path, threads)
+        from .coreml_program import Program
+
+        self.program = Program(self.path)
+        self.interface = read_interface(self.program.spec)
+        self.pixel_normalisation = None
+        if self.interface.image_input:
+            if mean is None or std is None:
+                mean, std = self._manifest_normalisation()
+            self.pixel_normalisation = (np.asarray(mean, np.float32).reshape(1, 3, 1, 1),
+                                        np.asarray(std, np.float32).reshape(1, 3, 1, 1))
+
+    def _manifest_normalisation(self):
+        from ..export.manifest import read_manifest
+
+        try:
+            preprocessing = read_manifest(self.path)["preprocessing"]
+        except MNV4Error as error:
+            raise MNV4Error(f"{self.path.name} takes an image: the interpreter needs the mean and std the "
+                            f"inputs were normalised with ({error})") from None
+        return preprocessing["mean"], preprocessing["std"]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        if self.pixel_normalisation is not None:
+            mean, std = self.pixel_normalisation
+            batch = (batch * std + mean) * np.float32(255)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return run_in_artifact_batches(batch, "NCHW", np.float32, self.interface.artifact_batch, self._infer)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        outputs = self.program.run({self.interface.input_name: torch.from_numpy(batch)})
+        return outputs[self.interface.output_name].float().numpy()
+
+
+CoreMLRunner = CoreMLPredictRunner if sys.platform == "darwin" else CoreMLProgramRunner
