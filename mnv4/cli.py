@@ -224,5 +224,31 @@ def verify(
             raise typer.Exit(1)
 
 
+
+@app.command("coreml-compare")
+def coreml_compare(
+    artifact: Path = typer.Argument(..., help="A Core ML .mlpackage with its manifest beside it."),
+    threads: int = typer.Option(1, "--threads", min=1, help="Interpreter threads."),
+):
+    """macOS: run ARTIFACT in Core ML (predict) and in mnv4's ML-program interpreter on the parity inputs
+    and compare the two; exit code 1 when they differ by more than the artifact's parity limits."""
+    from .bench.parity import breaches, tolerance_for, verification_inputs
+    from .data import Preprocessing
+    from .export import read_manifest
+    from .runtimes.coreml import compare_with_predict
+
+    with reported_errors():
+        manifest = read_manifest(artifact)
+        pre = manifest["preprocessing"]
+        preprocessing = Preprocessing(manifest["resolution"], pre["crop_pct"], pre["interpolation"],
+                                      tuple(pre["mean"]), tuple(pre["std"]))
+        parity = compare_with_predict(artifact, verification_inputs(preprocessing), threads)
+        failures = breaches(parity, tolerance_for(manifest["precision"], manifest.get("compute_dtype")))
+        typer.echo(f"interpreter vs Core ML predict on {parity.images} inputs: rel err {parity.rel_err:.2e}, "
+                   f"cosine {parity.cosine:.6f}, top-1 {parity.top1_agreement:.0%} -> "
+                   + ("FAIL: " + "; ".join(failures) if failures else "PASS"))
+        if failures:
+            raise typer.Exit(1)
+
 if __name__ == "__main__":
     app()

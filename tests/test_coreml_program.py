@@ -3,6 +3,7 @@
 Each parity check prints its line (relative error, cosine, top-1 agreement); run with -s to see them.
 The tamper tests alter a saved program the way a bad conversion could (one weight in the weight file,
 one operation's stride or epsilon in the program) and show that parity then fails."""
+import json
 import shutil
 import struct
 import sys
@@ -10,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import reference_for
+from test_cli import assert_one_line_error, run_cli
 from test_executorch_coreml import check_parity
 
 from mnv4.bench.parity import THRESHOLDS, breaches, compare
@@ -222,3 +224,22 @@ def test_the_platforms_runner_for_an_mlpackage(converted):
     with pytest.raises(PlatformUnsupportedError, match="Core ML predictions need macOS"):
         CoreMLPredictRunner(path)
 
+
+
+def test_export_verify_and_compare_from_the_command_line(tmp_path):
+    """`mnv4 export --format coreml` verifies in the platform's runner and `mnv4 verify` re-runs it; the
+    predict-vs-interpreter comparison needs Core ML itself, so off macOS it says so in one line."""
+    output = tmp_path / "model.mlpackage"
+    result = run_cli("export", "--format", "coreml", "--output", output, "--json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    parity = json.loads(result.stdout)["parity"]
+    assert parity["passed"] is True and parity["tolerance"] == "fp32"
+    assert parity["worst"]["rel_err"] <= FP32_INTERPRETER["rel_err"] and parity["worst"]["top1_agreement"] == 1.0
+
+    verified = run_cli("verify", output)
+    assert verified.returncode == 0 and "-> PASS" in verified.stderr, verified.stderr
+    compared = run_cli("coreml-compare", output)
+    if sys.platform == "darwin":
+        assert compared.returncode == 0 and "-> PASS" in compared.stdout, compared.stderr
+    else:
+        assert_one_line_error(compared, "Core ML predictions need macOS")

@@ -129,3 +129,12 @@ class CoreMLProgramRunner(Runner):
 
 
 CoreMLRunner = CoreMLPredictRunner if sys.platform == "darwin" else CoreMLProgramRunner
+
+
+def compare_with_predict(path: str | Path, inputs: np.ndarray, threads: int = 1):
+    """The interpreter against Core ML's own predict on the same NCHW inputs (macOS only): the Parity of
+    the interpreter's logits with predict's as the reference."""
+    from ..bench.parity import compare
+
+    predict = CoreMLPredictRunner(path, threads)  # refuses first off macOS
+    return compare(predict(inputs), CoreMLProgramRunner(path, threads)(inputs))
