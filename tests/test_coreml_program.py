@@ -15,8 +15,9 @@ from test_cli import assert_one_line_error, run_cli
 from test_executorch_coreml import check_parity
 
 from mnv4.bench.parity import THRESHOLDS, breaches, compare
-from mnv4.errors import MNV4Error, PlatformUnsupportedError, UnsupportedOperationError
+from mnv4.errors import PlatformUnsupportedError, UnsupportedOperationError
 from mnv4.export import coreml as coreml_export
+from mnv4.model import VARIANTS
 from mnv4.runtimes import runner_class
 from mnv4.runtimes.coreml import CoreMLPredictRunner, CoreMLProgramRunner
 from mnv4.runtimes.coreml_program import MODEL_FILE, WEIGHTS_DIR, supported_operations
@@ -118,7 +119,7 @@ def test_image_input_program_gets_the_pixels_back(converted, tmp_path):
     assert runner.interface.image_input and runner.interface.artifact_batch == 1
     check_parity("coreml interpreter conv_small fp32 image input", reference.logits, runner(reference.inputs),
                  FP32_INTERPRETER)
-    with pytest.raises(MNV4Error, match="takes an image: the interpreter needs the mean and std"):
+    with pytest.raises(PlatformUnsupportedError, match="takes an image: the Core ML interpreter needs the mean and std"):
         CoreMLProgramRunner(path)  # no manifest beside it
 
 
@@ -243,3 +244,12 @@ def test_export_verify_and_compare_from_the_command_line(tmp_path):
         assert compared.returncode == 0 and "-> PASS" in compared.stdout, compared.stderr
     else:
         assert_one_line_error(compared, "Core ML predictions need macOS")
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_converts_and_runs_at_fp32(variant, converted):
+    """All 12 variants: every operation their conversion produces is implemented, with fp32 parity."""
+    reference = reference_for(variant)
+    runner = CoreMLProgramRunner(converted(variant, "fp32"), threads=2)
+    check_parity(f"coreml interpreter {variant} fp32", reference.logits, runner(reference.inputs), FP32_INTERPRETER)

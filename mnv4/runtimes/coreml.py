@@ -104,8 +104,11 @@ class CoreMLProgramRunner(Runner):
         try:
             preprocessing = read_manifest(self.path)["preprocessing"]
         except MNV4Error as error:
-            raise MNV4Error(f"{self.path.name} takes an image: the interpreter needs the mean and std the "
-                            f"inputs were normalised with ({error})") from None
+            # Off macOS nothing else can run it: reported as not executed (never as a pass) rather than as
+            # a failed export. `mnv4 verify`, with the manifest written, runs it.
+            raise PlatformUnsupportedError(
+                f"{self.path.name} takes an image: the Core ML interpreter needs the mean and std the inputs "
+                f"were normalised with (pass mean= and std=, or keep the manifest beside it: {error})") from None
         return preprocessing["mean"], preprocessing["std"]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
