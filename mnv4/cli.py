@@ -224,6 +224,77 @@ def verify(
             raise typer.Exit(1)
 
 
+def _list(text: str, convert=str) -> tuple:
+    """A comma-separated option value as a tuple; a value that does not convert is a one-line error."""
+    try:
+        return tuple(convert(part.strip()) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise MNV4Error(f"expected a comma-separated list of numbers, got {text!r}") from None
+
+
+@app.command()
+def bench(
+    variant: str = typer.Option("conv_small", "--variant", "-v", help=VARIANT_HELP),
+    formats: str = typer.Option("onnx,tflite,executorch,coreml,torch", "--formats",
+                                help="Comma-separated: onnx, tflite, executorch, coreml, torch."),
+    precisions: str = typer.Option("fp32,fp16", "--precisions", help="Comma-separated: fp32, fp16 (bf16: CUDA torch)."),
+    threads: str = typer.Option("1", "--threads", help="Comma-separated CPU thread counts, e.g. 1,2."),
+    batch: Optional[str] = typer.Option(None, "--batch", help="Comma-separated batch sizes (default: 1; CUDA: 1,8,64,256)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, or cuda for the PyTorch CUDA rows."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed calls before timing."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Timed calls (default: time by --min-seconds)."),
+    min_seconds: float = typer.Option(2.0, "--min-seconds", help="Time each row for at least this long (and 10 calls)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint (default: seeded offline weights)."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", "-r", min=32, help="Input resolution."),
+    compare_timm: bool = typer.Option(False, "--compare-timm", help="Also measure timm's model, exported the same way."),
+    output_dir: Path = typer.Option(Path("bench-results"), "--output-dir", "-o", help="Where results and report go."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when any row failed or breaches parity (for CI)."),
+):
+    """Parity and latency of every format and runtime (fresh process each), next to PyTorch and timm."""
+    import shlex
+    import sys
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .bench.run import BenchOptions, bench as run_bench, check_options, strict_failures
+
+    console = Console(stderr=True)
+    with reported_errors():
+        options = BenchOptions(
+            variant=variant, formats=_list(formats), precisions=_list(precisions), threads=_list(threads, int),
+            batches=_list(batch, int) if batch else None, device=device, warmup=warmup, iterations=iterations,
+            min_seconds=min_seconds, weights=str(weights) if weights else None, resolution=resolution,
+            compare_timm=compare_timm, command=shlex.join(["mnv4", *sys.argv[1:]]))
+        check_options(options)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("starting", total=None)
+            results = run_bench(options, output_dir, progress=lambda text, done, total: progress.update(
+                task, description=text, completed=done, total=total))
+    rows = results["rows"]
+    console.print(f"[green]wrote[/green] {output_dir / 'results.json'}, report.md, report.html: {len(rows)} rows, "
+                  f"{sum(row['status'] == 'ok' for row in rows)} ok")
+    failures = strict_failures(results)
+    for failure in failures:
+        typer.echo(f"{'error' if strict else 'warning'}: {failure}", err=True)
+    if strict and failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    results: list[Path] = typer.Argument(..., help="results.json files from `mnv4 bench` (one per machine)."),
+    output_dir: Path = typer.Option(Path("report"), "--output-dir", "-o", help="Where report.md and report.html go."),
+):
+    """Merge results from several machines into one Markdown + HTML report."""
+    from .bench.report import merge
+
+    with reported_errors():
+        markdown, html = merge(results, output_dir)
+    typer.echo(f"wrote {markdown} and {html}")
+
+
 
 @app.command("coreml-compare")
 def coreml_compare(

@@ -76,7 +76,7 @@ def artifact_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def _remove(path: Path) -> None:
+def remove_artifact(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
     elif path.exists():
@@ -161,13 +161,13 @@ def export(fmt: str, request: ExportRequest, output: Optional[Path] = None, forc
         partial_manifest = manifest_path(partial)
         partial_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
         for existing in (output, manifest_path(output)):
-            _remove(existing)
+            remove_artifact(existing)
         os.replace(partial, output)
         os.replace(partial_manifest, manifest_path(output))
         return manifest
     finally:
-        _remove(partial)
-        _remove(manifest_path(partial))
+        remove_artifact(partial)
+        remove_artifact(manifest_path(partial))
 
 
 def _version() -> str:

@@ -47,6 +47,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     onnx_program = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                      verbose=False)
     model_proto = onnx_program.model_proto
+    _global_pools(model_proto)
     if dynamic_batch:
         _name_batch_axis(model_proto)
     if precision == "fp16":
@@ -69,6 +70,32 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
         "weights_dtype": "float16" if precision == "fp16" else "float32",
         "compute_dtype": "float32",
     }
+
+
+def _global_pools(model_proto) -> None:
+    """Write the head's spatial mean (ReduceMean over H and W, dims kept) as GlobalAveragePool, the same
+    arithmetic. onnxruntime's CPU provider runs convolutions in a channel-blocked layout and has a blocked
+    GlobalAveragePool, but no blocked ReduceMean: with ReduceMean it converts the last 7x7 feature map back
+    to NCHW first, with GlobalAveragePool only the pooled vector (measured ~1 % faster on conv_small)."""
+    from onnx import helper, numpy_helper
+
+    graph = model_proto.graph
+    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    constants.update({node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in graph.node
+                      if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"})
+    for index, node in enumerate(graph.node):
+        if node.op_type != "ReduceMean" or len(node.input) < 2 or node.input[1] not in constants:
+            continue
+        keepdims = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "keepdims"), 1)
+        if keepdims == 1 and sorted(constants[node.input[1]].tolist()) == [2, 3]:
+            graph.node.remove(node)
+            graph.node.insert(index, helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output),
+                                                      name=node.name))
+    # An axes tensor no node reads any more would only bloat the file (and onnxruntime warns about it).
+    used = {name for node in graph.node for name in node.input}
+    unused = [tensor for tensor in graph.initializer if tensor.name not in used]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
 
 
 def _name_batch_axis(model_proto) -> None:

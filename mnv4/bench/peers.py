@@ -1,0 +1,66 @@
+"""timm's MobileNetV4 exported the way a user would by default, one toolchain call each: the obvious
+alternative our artifacts are compared with. Same weights (loaded through timm's state_dict), same
+resolution, fp32, fixed batch."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import MissingExtraError
+
+PEER_PRECISIONS = ("fp32",)  # a user's default export is float32 in every toolchain
+
+
+def timm_model(variant: str, state_dict: dict, num_classes: int) -> torch.nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise MissingExtraError("timm (the peer model)", "bench") from None
+    model = timm.create_model(f"mobilenetv4_{variant}", pretrained=False, num_classes=num_classes)
+    model.load_state_dict(state_dict)
+    return model.eval()
+
+
+def _onnx(model, example, path: Path) -> None:
+    # One file (the default would put the weights in a .onnx.data file beside it), so sizes compare.
+    torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False)
+
+
+def _tflite(model, example, path: Path) -> None:
+    import litert_torch
+
+    litert_torch.convert(model, (example,)).export(str(path))
+
+
+def _executorch(model, example, path: Path) -> None:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    program = torch.export.export(model, (example,))
+    path.write_bytes(to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer)
+
+
+def _coreml(model, example, path: Path) -> None:
+    import coremltools as ct
+
+    program = torch.export.export(model, (example,)).run_decompositions({})
+    ct.convert(program, inputs=[ct.TensorType(shape=example.shape)], convert_to="mlprogram",
+               minimum_deployment_target=ct.target.iOS17, compute_precision=ct.precision.FLOAT32,
+               skip_model_load=True).save(str(path))
+
+
+PEER_EXPORTERS = {"onnx": (_onnx, "onnx"), "tflite": (_tflite, "tflite"), "executorch": (_executorch, "executorch"),
+                  "coreml": (_coreml, "coreml")}
+
+
+def export_peer(fmt: str, model: torch.nn.Module, example: torch.Tensor, path: Path) -> float:
+    """Write timm's model as a `fmt` artifact at `path`; returns the export seconds."""
+    exporter, extra = PEER_EXPORTERS[fmt]
+    started = time.perf_counter()
+    try:
+        exporter(model, example, path)
+    except ImportError:
+        raise MissingExtraError(f"{fmt} export", extra) from None
+    return time.perf_counter() - started

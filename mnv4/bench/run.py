@@ -1,0 +1,342 @@
+"""`mnv4 bench`: export the variant to every asked format, measure each artifact and PyTorch itself in a
+fresh process, compare every output with the PyTorch reference, and write results.json + the report.
+
+Knows runtimes only through `mnv4.runtimes` (inside the worker) and artifacts only through the exporters."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..errors import MissingExtraError, MNV4Error
+from .parity import breaches, compare, tolerance_for, verification_inputs
+
+ARTIFACT_FORMATS = ("onnx", "tflite", "executorch", "coreml")
+FORMATS = (*ARTIFACT_FORMATS, "torch")
+PRECISIONS = ("fp32", "fp16", "bf16")
+CPU_TORCH_MODES = ("eager", "channels_last", "compile")
+CUDA_TORCH_MODES = ("eager", "channels_last", "compile", "cuda_graphs")
+TORCH_RUNTIMES = {"eager": "torch-eager", "channels_last": "torch-channels_last", "compile": "torch-compile",
+                  "cuda_graphs": "torch-cuda-graphs"}
+CUDA_BATCHES = (1, 8, 64, 256)  # the default CUDA sweep: latency at 1, throughput towards 256
+RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert", "executorch": "executorch", "coreml": "coreml"}
+JOB_TIMEOUT_SECONDS = 1200
+
+# Told what is happening, and how many of how many rows are done.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    variant: str
+    formats: tuple[str, ...] = FORMATS
+    precisions: tuple[str, ...] = ("fp32", "fp16")
+    threads: tuple[int, ...] = (1,)
+    batches: Optional[tuple[int, ...]] = None  # default: 1 on CPU, CUDA_BATCHES on CUDA
+    device: str = "cpu"
+    warmup: int = 10
+    iterations: Optional[int] = None
+    min_seconds: Optional[float] = 2.0
+    weights: Optional[str] = None
+    resolution: Optional[int] = None
+    compare_timm: bool = False
+    command: Optional[str] = None
+
+
+@dataclass
+class Row:
+    """One configuration to measure; becomes one row of results.json."""
+
+    source: str
+    format: str
+    runtime: str
+    device: str
+    precision: str
+    threads: Optional[int]
+    batch: int
+    mode: Optional[str] = None  # torch rows: eager, channels_last, compile, cuda_graphs
+    artifact: Optional[Path] = None
+    export_seconds: Optional[float] = None
+    tolerance: str = "fp32"
+    status: str = "ok"
+    reason: Optional[str] = None
+    measured: dict = field(default_factory=dict)
+    parity: Optional[dict] = None
+
+    def key(self) -> tuple:
+        return self.format, self.runtime, self.device, self.precision, self.threads, self.batch
+
+
+def check_options(options: BenchOptions) -> None:
+    """Bad options are one-line errors before anything runs."""
+    from ..model.specs import VARIANTS
+
+    if options.variant not in VARIANTS:
+        raise MNV4Error(f"unknown variant {options.variant!r}; choose one of: {', '.join(VARIANTS)}")
+    for name, given, allowed in (("format", options.formats, FORMATS), ("precision", options.precisions, PRECISIONS)):
+        unknown = [value for value in given if value not in allowed]
+        if unknown or not given:
+            raise MNV4Error(f"unknown {name} {', '.join(unknown) or '(none)'}; choose from: {', '.join(allowed)}")
+    if options.device not in ("cpu", "cuda"):
+        raise MNV4Error(f"unknown device {options.device!r}; choose cpu or cuda")
+    for name, values in (("--threads", options.threads), ("--batch", options.batches or (1,))):
+        if not values or min(values) < 1:
+            raise MNV4Error(f"{name} takes positive integers, got {','.join(map(str, values)) or '(none)'}")
+    if options.iterations is not None and options.iterations < 1:
+        raise MNV4Error(f"--iterations must be at least 1, got {options.iterations}")
+    if options.warmup < 0:
+        raise MNV4Error(f"--warmup must be 0 or more, got {options.warmup}")
+
+
+def plan(options: BenchOptions) -> list[Row]:
+    """Every row the options ask for, in report order. On CPU: each artifact format x precision x threads
+    x batch, and PyTorch eager / channels_last / compile at fp32 (the reference rows); on CUDA: PyTorch
+    eager at every precision and channels_last / compile / CUDA graphs, over the batch sweep. With
+    --compare-timm each row gets a timm twin where timm has the same path (fp32)."""
+    from .peers import PEER_PRECISIONS
+
+    sources = ("mnv4", "timm") if options.compare_timm else ("mnv4",)
+    rows = []
+    if options.device == "cuda":
+        batches = options.batches or CUDA_BATCHES
+        for mode in CUDA_TORCH_MODES:
+            for precision in options.precisions if mode == "eager" else [p for p in options.precisions if p != "bf16"]:
+                for batch in batches:
+                    rows += [Row(source, "torch", TORCH_RUNTIMES[mode], "cuda", precision, None, batch, mode=mode)
+                             for source in sources]
+        return rows
+    batches = options.batches or (1,)
+    for fmt in options.formats:
+        precisions = [p for p in options.precisions if p != "bf16"]
+        if fmt == "torch":
+            precisions = ["fp32"] if "fp32" in options.precisions else []
+        for precision in precisions:
+            for threads in options.threads:
+                for batch in batches:
+                    for mode in CPU_TORCH_MODES if fmt == "torch" else (None,):
+                        runtime = TORCH_RUNTIMES[mode] if fmt == "torch" else RUNTIMES[fmt]
+                        rows += [Row(source, fmt, runtime, "cpu", precision, threads, batch, mode=mode)
+                                 for source in sources if source == "mnv4" or precision in PEER_PRECISIONS]
+    return rows
+
+
+class Bench:
+    """One benchmark run: the reference, the artifacts, the measurements, in `output_dir`."""
+
+    def __init__(self, options: BenchOptions, output_dir: Path, progress: Progress = lambda text, done, total: None):
+        self.options = options
+        self.output_dir = output_dir
+        self.progress = progress
+        self.work = output_dir / "work"
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    def run(self) -> dict:
+        from ..export import reference_model
+        from ..model.profile import profile
+        from ..runtimes.torch import TorchRunner
+        from .machine import machine_info, versions
+
+        options = self.options
+        check_options(options)
+        rows = plan(options)
+        self.progress("building the reference model", 0, len(rows))
+        model, preprocessing, weights = reference_model(options.variant, options.weights, options.resolution)
+        self.model, self.preprocessing = model, preprocessing
+        self.weights_path = self._save_weights(model)
+        self.inputs_path = self.work / "inputs.npy"
+        inputs = verification_inputs(preprocessing)
+        np.save(self.inputs_path, inputs)
+        self.reference_logits = TorchRunner(model)(inputs)
+        self.progress("measuring the machine's fp32 FMA peak", 0, len(rows))
+        machine = machine_info()
+        self.exports: dict[tuple, tuple] = {}
+        for index, row in enumerate(rows):
+            self.progress(f"{row.source} {row.runtime} {row.precision} threads={row.threads} batch={row.batch}",
+                          index, len(rows))
+            self._measure(row)
+        macs = profile(model, (3, preprocessing.resolution, preprocessing.resolution)).macs
+        return {
+            "schema": "mnv4-bench/1",
+            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "machine": machine,
+            "versions": versions(),
+            "options": {**{key: value for key, value in asdict(options).items() if key != "batches"},
+                        "formats": list(options.formats), "precisions": list(options.precisions),
+                        "threads": list(options.threads),
+                        "batches": list(options.batches or (CUDA_BATCHES if options.device == "cuda" else (1,))),
+                        "min_seconds": None if options.iterations else options.min_seconds,
+                        "resolution": preprocessing.resolution, "weights_facts": weights},
+            "model": {"variant": options.variant, "resolution": preprocessing.resolution, "macs": macs,
+                      "params": sum(p.numel() for p in model.parameters())},
+            "rows": finish_rows(rows, macs, machine["fma_peak_gflops_per_thread"]),
+        }
+
+    def _save_weights(self, model) -> Path:
+        """The reference's weights as a file, so that every export and every worker uses exactly them."""
+        from safetensors.torch import save_file
+
+        path = self.work / "weights.safetensors"
+        save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(path))
+        return path
+
+    def _artifact(self, row: Row) -> tuple:
+        """(path, export seconds, tolerance) of the row's artifact, exporting it on first use; raises
+        what the export raised, for every row that needs the same artifact."""
+        key = (row.source, row.format, row.precision, row.batch)
+        if key not in self.exports:
+            try:
+                self.exports[key] = (*self._export(row), None)
+            except Exception as error:  # recorded for each row that needs this artifact
+                self.exports[key] = (None, None, None, error)
+        path, seconds, tolerance, error = self.exports[key]
+        if error is not None:
+            raise error
+        return path, seconds, tolerance
+
+    def _export(self, row: Row) -> tuple:
+        from ..export import FORMATS as SUFFIXES
+        from ..export import ExportRequest, export, remove_artifact
+
+        path = self.work / f"{row.source}_{row.format}_{row.precision}_b{row.batch}{SUFFIXES[row.format]}"
+        if row.source == "timm":
+            import torch
+            from safetensors.torch import load_file
+
+            from .peers import export_peer, timm_model
+
+            peer = timm_model(self.options.variant, load_file(str(self.weights_path)), self.model.num_classes)
+            example = torch.from_numpy(np.resize(np.load(self.inputs_path), (row.batch, 3, self.preprocessing.resolution,
+                                                                              self.preprocessing.resolution)))
+            remove_artifact(path)
+            return path, export_peer(row.format, peer, example, path), "fp32"
+        # Parity is measured by the benchmark itself, in the worker, on the same inputs as every other row.
+        manifest = export(row.format, ExportRequest(variant=self.options.variant, weights=self.weights_path,
+                                                    resolution=self.preprocessing.resolution,
+                                                    precision=row.precision, batch=row.batch, verify=False),
+                          path, force=True)
+        return path, manifest["export_seconds"], tolerance_for(row.precision, manifest.get("compute_dtype"))
+
+    def _measure(self, row: Row) -> None:
+        try:
+            if row.format != "torch":
+                row.artifact, row.export_seconds, row.tolerance = self._artifact(row)
+        except MissingExtraError as error:
+            row.status, row.reason = "unavailable", f"unavailable: install mnv4[{error.extra}]"
+            return
+        except Exception as error:  # a failed export fails its rows; the benchmark goes on
+            row.status, row.reason = "failed", f"export failed: {_one_line(error)}"
+            return
+        if row.format == "torch" and row.precision != "fp32":
+            row.tolerance = "fp16-arithmetic"  # PyTorch computes in the reduced precision itself
+        result = self._run_worker(row)
+        if "status" in result:
+            row.status, row.reason = result["status"], result["reason"]
+            return
+        row.measured = result
+        logits = np.load(self.work / "logits.npy")
+        is_reference = row.source == "mnv4" and row.format == "torch" and row.mode == "eager" \
+            and row.device == "cpu" and row.precision == "fp32"
+        if not is_reference:
+            parity = compare(self.reference_logits, logits)
+            failures = breaches(parity, row.tolerance)
+            row.parity = {**parity.as_dict(), "tolerance": row.tolerance, "passed": not failures}
+            if failures:
+                row.status, row.reason = "parity-failed", "; ".join(failures)
+        if not result["measures_latency"] and row.status == "ok":
+            row.status, row.reason = "latency-not-measured", \
+                "latency: macOS only (parity from the Core ML program interpreter)"
+
+    def _run_worker(self, row: Row) -> dict:
+        options = self.options
+        job = {
+            "runner": "torch" if row.format == "torch" else "artifact",
+            "path": str(row.artifact) if row.artifact else None,
+            "source": row.source, "variant": options.variant, "weights": str(self.weights_path),
+            "num_classes": self.model.num_classes, "mode": row.mode, "device": row.device,
+            "precision": row.precision, "threads": row.threads or 1, "batch": row.batch,
+            "inputs": str(self.inputs_path), "logits": str(self.work / "logits.npy"),
+            "warmup": options.warmup, "iterations": options.iterations, "min_seconds": options.min_seconds,
+        }
+        with tempfile.TemporaryDirectory(dir=self.work) as folder:
+            job_path, result_path = Path(folder) / "job.json", Path(folder) / "result.json"
+            job_path.write_text(json.dumps(job))
+            # Each library's own thread pools follow the row's thread count, also the ones it never sets.
+            threads = str(row.threads or os.cpu_count())
+            env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+            try:
+                process = subprocess.run([sys.executable, "-m", "mnv4.bench.worker", str(job_path), str(result_path)],
+                                         capture_output=True, text=True, env=env, timeout=JOB_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                return {"status": "failed", "reason": f"timed out after {JOB_TIMEOUT_SECONDS} s"}
+            if not result_path.exists():
+                last = (process.stderr.strip().splitlines() or ["no output"])[-1]
+                return {"status": "failed", "reason": f"worker exited with code {process.returncode}: {last}"}
+            return json.loads(result_path.read_text())
+
+
+def finish_rows(rows: list[Row], macs: int, fma_peak_per_thread: Optional[float]) -> list[dict]:
+    """Rows as results.json has them, with throughput, GFLOP/s, fraction of peak and ours/timm ratio."""
+    medians = {(row.source, *row.key()): row.measured["latency_ms"]["median"]
+               for row in rows if row.measured.get("latency_ms")}
+    finished = []
+    for row in rows:
+        latency = row.measured.get("latency_ms")
+        median_s = latency["median"] / 1e3 if latency else None
+        gflops = 2 * macs * row.batch / median_s / 1e9 if median_s else None
+        peer = medians.get(("timm", *row.key()))
+        finished.append({
+            "source": row.source, "format": row.format, "runtime": row.runtime, "device": row.device,
+            "precision": row.precision, "threads": row.threads if row.device == "cpu" else None, "batch": row.batch,
+            "status": row.status, "reason": row.reason, "latency_ms": latency,
+            "load_ms": row.measured.get("load_ms"), "first_inference_ms": row.measured.get("first_inference_ms"),
+            "throughput_ips": row.batch / median_s if median_s else None,
+            "peak_rss_mb": row.measured.get("peak_rss_mb"),
+            "artifact_bytes": _bytes(row.artifact), "export_seconds": row.export_seconds,
+            "parity": row.parity, "gflops": gflops,
+            "peak_fraction": gflops / (fma_peak_per_thread * row.threads)
+            if gflops and fma_peak_per_thread and row.device == "cpu" else None,
+            "ratio_vs_timm": latency["median"] / peer if latency and peer and row.source == "mnv4" else None,
+        })
+    return finished
+
+
+def _bytes(path: Optional[Path]) -> Optional[int]:
+    if path is None or not path.exists():
+        return None
+    from ..export import artifact_bytes
+
+    return artifact_bytes(path)
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def bench(options: BenchOptions, output_dir: Path, progress: Progress = lambda text, done, total: None) -> dict:
+    """Run the benchmark and write results.json, report.md and report.html into `output_dir`."""
+    from .report import write_report
+    from .results import write_results
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results = Bench(options, output_dir, progress).run()
+    write_results(results, output_dir / "results.json")
+    progress("writing the report", len(results["rows"]), len(results["rows"]))
+    write_report([results], output_dir)
+    return results
+
+
+def strict_failures(results: dict) -> list[str]:
+    """What --strict fails on: rows that failed or breach parity."""
+    from .results import describe_row
+
+    return [f"{describe_row(row)}: {row['status']}: {row['reason']}" for row in results["rows"]
+            if row["status"] in ("failed", "parity-failed")]

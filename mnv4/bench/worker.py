@@ -1,0 +1,162 @@
+"""One measurement in a fresh process: `python -m mnv4.bench.worker JOB.json RESULT.json`.
+
+A fresh process per measurement keeps runtimes from disturbing each other: each sets up its own thread
+pools, and peak resident memory is this measurement's alone. The job names an artifact (run through
+`mnv4.runtimes.load`) or a PyTorch model; the worker times it on real photos and saves its logits on the
+verification inputs, which the parent compares with the reference."""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MissingExtraError, MNV4Error, PlatformUnsupportedError
+from .latency import summarise, time_calls
+
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def torch_model(job: dict):
+    """The job's PyTorch model with the benchmark's weights: ours, or timm's built by timm."""
+    import torch
+    from safetensors.torch import load_file
+
+    if job["source"] == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise MissingExtraError("timm (the peer model)", "bench") from None
+        model = timm.create_model(f"mobilenetv4_{job['variant']}", pretrained=False, num_classes=job["num_classes"])
+        model.load_state_dict(load_file(job["weights"]))
+    else:
+        from ..model.factory import create_model
+
+        model = create_model(job["variant"], pretrained=job["weights"])
+    return model.eval().to(getattr(torch, TORCH_DTYPES[job["precision"]]))
+
+
+def cpu_runner(job: dict):
+    """A Runner for an artifact or for PyTorch on the CPU: a callable from NCHW float32 to logits."""
+    if job["runner"] == "artifact":
+        from ..runtimes import load
+
+        return load(job["path"], threads=job["threads"])
+    from ..runtimes.torch import TorchRunner
+
+    return TorchRunner(torch_model(job), threads=job["threads"], mode=job["mode"])
+
+
+def cuda_call(job: dict, batch: np.ndarray):
+    """A CUDA forward on a device-resident batch (host<->device copies are not part of the latency):
+    returns (call, logits_of) where call() runs once and waits for the GPU, and logits_of(array) runs any
+    batch of the same size and returns float32 logits on the host."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise PlatformUnsupportedError("no CUDA device on this machine")
+    device = torch.device("cuda")
+    model = torch_model(job).to(device)
+    dtype = next(model.parameters()).dtype
+    memory_format = torch.channels_last if job["mode"] == "channels_last" else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    static_input = torch.from_numpy(batch).to(device, dtype).contiguous(memory_format=memory_format)
+    forward = torch.compile(model) if job["mode"] == "compile" else model
+
+    if job["mode"] == "cuda_graphs":
+        # One captured graph replays every kernel of the forward with a single launch; inputs are
+        # copied into the captured input buffer.
+        with torch.inference_mode():
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    model(static_input)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_output = model(static_input)
+
+        def run(x):
+            static_input.copy_(x)
+            graph.replay()
+            return static_output
+    else:
+        def run(x):
+            with torch.inference_mode():
+                return forward(x)
+
+    def call():
+        run(static_input)
+        torch.cuda.synchronize()
+
+    def logits_of(array: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(array).to(device, dtype).contiguous(memory_format=memory_format)
+        return run(x).float().cpu().numpy()
+
+    return call, logits_of
+
+
+def padded_batches(inputs: np.ndarray, batch: int):
+    """The inputs in batches of exactly `batch` (the last padded by repeating images), with how many
+    of each batch are real."""
+    for start in range(0, len(inputs), batch):
+        chunk = inputs[start:start + batch]
+        real = len(chunk)
+        if real < batch:
+            chunk = np.concatenate([chunk, np.resize(inputs, (batch - real, *inputs.shape[1:]))])
+        yield chunk, real
+
+
+def measure(job: dict) -> dict:
+    inputs = np.load(job["inputs"])
+    # The timed batch: real photos, repeated to the batch size.
+    batch = np.ascontiguousarray(np.resize(inputs[:-2] if len(inputs) > 2 else inputs,
+                                           (job["batch"], *inputs.shape[1:])), dtype=np.float32)
+    started = time.perf_counter()
+    if job["device"] == "cuda":
+        call, logits_of = cuda_call(job, batch)
+        measures_latency = True
+    else:
+        runner = cpu_runner(job)
+        measures_latency = getattr(runner, "measures_latency", True)
+
+        def call():
+            return runner(batch)
+
+        logits_of = runner
+    load_ms = (time.perf_counter() - started) * 1e3
+    started = time.perf_counter()
+    call()
+    first_inference_ms = (time.perf_counter() - started) * 1e3
+    latency = None
+    if measures_latency:
+        latency = summarise(time_calls(call, job["warmup"], job["iterations"], job["min_seconds"]))
+    logits = np.concatenate([logits_of(chunk)[:real] for chunk, real in padded_batches(inputs, job["batch"])])
+    np.save(job["logits"], logits.astype(np.float32))
+    # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    return {"load_ms": load_ms, "first_inference_ms": first_inference_ms, "latency_ms": latency,
+            "peak_rss_mb": round(peak, 1), "measures_latency": measures_latency}
+
+
+def main(job_path: str, result_path: str) -> None:
+    job = json.loads(Path(job_path).read_text())
+    try:
+        result = measure(job)
+    except MissingExtraError as error:
+        result = {"status": "unavailable", "reason": f"unavailable: install mnv4[{error.extra}]"}
+    except PlatformUnsupportedError as error:
+        result = {"status": "unavailable", "reason": f"unavailable: {error}"}
+    except MNV4Error as error:
+        result = {"status": "failed", "reason": str(error)}
+    except Exception as error:  # a runtime's own failure: recorded in the row, the benchmark goes on
+        result = {"status": "failed", "reason": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+    Path(result_path).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
