@@ -108,7 +108,8 @@ def test_bad_export_options_leave_nothing_behind(args, fragments, tmp_path):
 
 
 def test_coreml_image_input_from_the_command_line(tmp_path):
-    """`--image-input` gives a Core ML image input whose folded normalisation is the variant's own."""
+    """`--image-input` gives a Core ML image input whose folded normalisation is the variant's own, and the
+    export proves it computes what the model computes on the normalised photos."""
     output = tmp_path / "model.mlpackage"
     result = run_cli("export", "--format", "coreml", "--image-input", "--output", output, "--json", "--quiet")
     assert result.returncode == 0, result.stderr
@@ -117,6 +118,8 @@ def test_coreml_image_input_from_the_command_line(tmp_path):
     std = np.asarray(manifest["preprocessing"]["std"])
     gain = np.asarray(manifest["image_normalisation"]["channel_gain"])
     assert np.allclose(gain * std, std.mean())  # the gain restores each channel's own std
+    # Verified on the pixels the photos came from, through the image input's scale and bias and the gain.
+    assert manifest["parity"]["passed"] is True and manifest["parity"]["worst"]["rel_err"] <= 1e-4
     assert output.is_dir() and manifest_path(output).exists()
 
 

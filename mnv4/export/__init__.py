@@ -4,6 +4,7 @@ The artifact is written under a temporary name beside the output and moved into 
 exported and verified, so a failed or interrupted export leaves nothing at the output path."""
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -83,13 +84,15 @@ def remove_artifact(path: Path) -> None:
         path.unlink()
 
 
-def verify_artifact(artifact: Path, model, preprocessing, tolerance: str, batch_sizes, threads: int) -> dict:
+def verify_artifact(artifact: Path, model, preprocessing, tolerance: str, batch_sizes, threads: int,
+                    runner_factory=None) -> dict:
+    """Parity of `artifact`, run by `runner_factory` (default: the runner `mnv4.runtimes` picks for it)."""
     from ..bench.parity import verify
     from ..runtimes import runner_class
     from ..runtimes.torch import TorchRunner
 
     try:
-        candidate = runner_class(artifact)(artifact, threads=threads)
+        candidate = (runner_factory or runner_class(artifact))(artifact, threads=threads)
     except MNV4Error as error:
         if isinstance(error, PlatformUnsupportedError):
             return {"passed": None, "status": f"not executed on this platform: {error}"}
@@ -135,7 +138,8 @@ def export(fmt: str, request: ExportRequest, output: Optional[Path] = None, forc
             step(f"verifying {fmt} in its runtime on photos")
             batches = DYNAMIC_VERIFY_BATCHES if request.dynamic_batch else (request.batch,)
             tolerance = tolerance_for(request.precision, facts.get("compute_dtype"))
-            verification = verify_artifact(partial, model, preprocessing, tolerance, batches, request.threads)
+            verification = verify_artifact(partial, model, preprocessing, tolerance, batches, request.threads,
+                                           _image_input_runner(preprocessing) if request.image_input else None)
         manifest = {
             "schema": 1,
             "format": fmt,
@@ -168,6 +172,15 @@ def export(fmt: str, request: ExportRequest, output: Optional[Path] = None, forc
     finally:
         remove_artifact(partial)
         remove_artifact(manifest_path(partial))
+
+
+def _image_input_runner(preprocessing):
+    """An image-input Core ML artifact is verified by the program interpreter, on every platform: it takes
+    the exact pixels the normalised inputs came from, where Core ML's predict would need 8-bit images.
+    Its mean and std come from here because the manifest is written only after verification."""
+    from ..runtimes.coreml import CoreMLProgramRunner
+
+    return functools.partial(CoreMLProgramRunner, mean=preprocessing.mean, std=preprocessing.std)
 
 
 def _version() -> str:
