@@ -242,6 +242,7 @@ def bench(
     batch: Optional[str] = typer.Option(None, "--batch", help="Comma-separated batch sizes (default: 1; CUDA: 1,8,64,256)."),
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda for the PyTorch CUDA rows."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed calls before timing."),
+    repeats: int = typer.Option(1, "--repeats", help="Fresh processes per row (latency pools their calls)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Timed calls (default: time by --min-seconds)."),
     min_seconds: float = typer.Option(2.0, "--min-seconds", help="Time each row for at least this long (and 10 calls)."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint (default: seeded offline weights)."),
@@ -263,7 +264,8 @@ def bench(
     with reported_errors():
         options = BenchOptions(
             variant=variant, formats=_list(formats), precisions=_list(precisions), threads=_list(threads, int),
-            batches=_list(batch, int) if batch else None, device=device, warmup=warmup, iterations=iterations,
+            batches=_list(batch, int) if batch else None, device=device, warmup=warmup, repeats=repeats,
+            iterations=iterations,
             min_seconds=min_seconds, weights=str(weights) if weights else None, resolution=resolution,
             compare_timm=compare_timm, command=shlex.join(["mnv4", *sys.argv[1:]]))
         check_options(options)

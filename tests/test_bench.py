@@ -110,13 +110,13 @@ def test_a_missing_runtime_is_an_unavailable_row_and_the_rest_goes_on(tmp_path):
 
 def test_strict_fails_on_a_parity_breach(tmp_path):
     """conv_large's XNNPACK fp16 breaches its tolerance (docs/export.md): the row says by how much, and
-    --strict turns it into exit code 1 while the results are still written."""
+    --strict turns it into exit code 1 while the results are still written. Two processes measure it."""
     result = bench_cli("--variant", "conv_large", "--formats", "executorch", "--precisions", "fp16",
-                     "--iterations", "1", "--warmup", "0", "--strict", "--output-dir", tmp_path)
+                     "--iterations", "1", "--warmup", "0", "--repeats", "2", "--strict", "--output-dir", tmp_path)
     assert result.returncode == 1, result.stderr
     (row,) = load_results(tmp_path / "results.json")["rows"]
     assert row["status"] == "parity-failed" and "cosine" in row["reason"] and row["parity"]["passed"] is False
-    assert row["latency_ms"]["iterations"] == 1
+    assert row["latency_ms"]["iterations"] == 2 and row["latency_ms"]["processes"] == 2  # one call per process
     assert "error: mnv4 executorch/executorch fp16" in result.stderr
 
 
@@ -126,6 +126,7 @@ def test_strict_fails_on_a_parity_breach(tmp_path):
     (("--threads", "0"), ("--threads takes positive integers",)),
     (("--batch", "one"), ("comma-separated list of numbers",)),
     (("--device", "tpu"), ("unknown device 'tpu'",)),
+    (("--repeats", "0"), ("--repeats must be at least 1",)),
 ])
 def test_bad_bench_options_are_one_line_errors(args, fragments, tmp_path):
     result = run_cli("bench", *args, "--output-dir", tmp_path / "out")
@@ -157,6 +158,6 @@ def test_plan_timm_peers_only_where_timm_has_the_same_path():
 def test_bench_help_lists_every_option():
     result = run_cli("bench", "--help")
     for option in ("--variant", "--formats", "--precisions", "--threads", "--batch", "--device", "--warmup",
-                   "--iterations", "--min-seconds", "--weights", "--resolution", "--compare-timm", "--output-dir",
+                   "--iterations", "--repeats", "--min-seconds", "--weights", "--resolution", "--compare-timm", "--output-dir",
                    "--strict"):
         assert option in result.stdout

@@ -4,6 +4,8 @@ fresh process, compare every output with the PyTorch reference, and write result
 Knows runtimes only through `mnv4.runtimes` (inside the worker) and artifacts only through the exporters."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -17,6 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import MissingExtraError, MNV4Error
+from .latency import summarise
 from .parity import breaches, compare, tolerance_for, verification_inputs
 
 ARTIFACT_FORMATS = ("onnx", "tflite", "executorch", "coreml")
@@ -43,6 +46,7 @@ class BenchOptions:
     batches: Optional[tuple[int, ...]] = None  # default: 1 on CPU, CUDA_BATCHES on CUDA
     device: str = "cpu"
     warmup: int = 10
+    repeats: int = 1  # fresh processes per row, interleaved over the rows; latency pools their calls
     iterations: Optional[int] = None
     min_seconds: Optional[float] = 2.0
     weights: Optional[str] = None
@@ -68,7 +72,7 @@ class Row:
     tolerance: str = "fp32"
     status: str = "ok"
     reason: Optional[str] = None
-    measured: dict = field(default_factory=dict)
+    runs: list = field(default_factory=list)  # one worker result per process
     parity: Optional[dict] = None
 
     def key(self) -> tuple:
@@ -92,6 +96,8 @@ def check_options(options: BenchOptions) -> None:
             raise MNV4Error(f"{name} takes positive integers, got {','.join(map(str, values)) or '(none)'}")
     if options.iterations is not None and options.iterations < 1:
         raise MNV4Error(f"--iterations must be at least 1, got {options.iterations}")
+    if options.repeats < 1:
+        raise MNV4Error(f"--repeats must be at least 1, got {options.repeats}")
     if options.warmup < 0:
         raise MNV4Error(f"--warmup must be 0 or more, got {options.warmup}")
 
@@ -158,10 +164,18 @@ class Bench:
         self.progress("measuring the machine's fp32 FMA peak", 0, len(rows))
         machine = machine_info()
         self.exports: dict[tuple, tuple] = {}
-        for index, row in enumerate(rows):
-            self.progress(f"{row.source} {row.runtime} {row.precision} threads={row.threads} batch={row.batch}",
-                          index, len(rows))
-            self._measure(row)
+        # Repeats go round all rows again rather than rerunning a row at once, so that a slow spell of the
+        # machine spreads over the rows instead of landing on one.
+        total = len(rows) * options.repeats
+        for repeat in range(options.repeats):
+            for index, row in enumerate(rows):
+                self.progress(f"{row.source} {row.runtime} {row.precision} threads={row.threads} batch={row.batch}"
+                              + (f" (process {repeat + 1}/{options.repeats})" if options.repeats > 1 else ""),
+                              repeat * len(rows) + index, total)
+                if repeat == 0:
+                    self._measure(row)
+                elif row.runs and row.status in ("ok", "parity-failed"):
+                    self._measure_again(row)
         macs = profile(model, (3, preprocessing.resolution, preprocessing.resolution)).macs
         return {
             "schema": "mnv4-bench/1",
@@ -193,7 +207,9 @@ class Bench:
         key = (row.source, row.format, row.precision, row.batch)
         if key not in self.exports:
             try:
-                self.exports[key] = (*self._export(row), None)
+                # The toolchains narrate each export step on stdout; the progress bar already says what runs.
+                with contextlib.redirect_stdout(io.StringIO()):
+                    self.exports[key] = (*self._export(row), None)
             except Exception as error:  # recorded for each row that needs this artifact
                 self.exports[key] = (None, None, None, error)
         path, seconds, tolerance, error = self.exports[key]
@@ -240,7 +256,8 @@ class Bench:
         if "status" in result:
             row.status, row.reason = result["status"], result["reason"]
             return
-        row.measured = result
+        row.runs.append(result)
+        row.runtime = result["runtime"] or row.runtime
         logits = np.load(self.work / "logits.npy")
         is_reference = row.source == "mnv4" and row.format == "torch" and row.mode == "eager" \
             and row.device == "cpu" and row.precision == "fp32"
@@ -253,6 +270,14 @@ class Bench:
         if not result["measures_latency"] and row.status == "ok":
             row.status, row.reason = "latency-not-measured", \
                 "latency: macOS only (parity from the Core ML program interpreter)"
+
+    def _measure_again(self, row: Row) -> None:
+        """Another fresh process for a measured row; its parity was settled by the first."""
+        result = self._run_worker(row)
+        if "status" in result:
+            row.status, row.reason = "failed", f"process {len(row.runs) + 1}: {result['reason']}"
+        else:
+            row.runs.append(result)
 
     def _run_worker(self, row: Row) -> dict:
         options = self.options
@@ -283,12 +308,14 @@ class Bench:
 
 
 def finish_rows(rows: list[Row], macs: int, fma_peak_per_thread: Optional[float]) -> list[dict]:
-    """Rows as results.json has them, with throughput, GFLOP/s, fraction of peak and ours/timm ratio."""
-    medians = {(row.source, *row.key()): row.measured["latency_ms"]["median"]
-               for row in rows if row.measured.get("latency_ms")}
+    """Rows as results.json has them: latency over the timed calls of all the row's processes, load and
+    first inference as their medians, the largest peak memory, throughput, GFLOP/s, fraction of peak and
+    the ours/timm ratio."""
+    latencies = {id(row): _pooled_latency(row.runs) for row in rows}
+    medians = {(row.source, *row.key()): latencies[id(row)]["median"] for row in rows if latencies[id(row)]}
     finished = []
     for row in rows:
-        latency = row.measured.get("latency_ms")
+        latency = latencies[id(row)]
         median_s = latency["median"] / 1e3 if latency else None
         gflops = 2 * macs * row.batch / median_s / 1e9 if median_s else None
         peer = medians.get(("timm", *row.key()))
@@ -296,9 +323,9 @@ def finish_rows(rows: list[Row], macs: int, fma_peak_per_thread: Optional[float]
             "source": row.source, "format": row.format, "runtime": row.runtime, "device": row.device,
             "precision": row.precision, "threads": row.threads if row.device == "cpu" else None, "batch": row.batch,
             "status": row.status, "reason": row.reason, "latency_ms": latency,
-            "load_ms": row.measured.get("load_ms"), "first_inference_ms": row.measured.get("first_inference_ms"),
+            "load_ms": _median_of(row.runs, "load_ms"), "first_inference_ms": _median_of(row.runs, "first_inference_ms"),
             "throughput_ips": row.batch / median_s if median_s else None,
-            "peak_rss_mb": row.measured.get("peak_rss_mb"),
+            "peak_rss_mb": max((run["peak_rss_mb"] for run in row.runs), default=None),
             "artifact_bytes": _bytes(row.artifact), "export_seconds": row.export_seconds,
             "parity": row.parity, "gflops": gflops,
             "peak_fraction": gflops / (fma_peak_per_thread * row.threads)
@@ -306,6 +333,15 @@ def finish_rows(rows: list[Row], macs: int, fma_peak_per_thread: Optional[float]
             "ratio_vs_timm": latency["median"] / peer if latency and peer and row.source == "mnv4" else None,
         })
     return finished
+
+
+def _pooled_latency(runs: list[dict]) -> Optional[dict]:
+    times = [time for run in runs for time in run["times_ms"] or ()]
+    return {**summarise(times), "processes": len(runs)} if times else None
+
+
+def _median_of(runs: list[dict], key: str) -> Optional[float]:
+    return float(np.median([run[key] for run in runs])) if runs else None
 
 
 def _bytes(path: Optional[Path]) -> Optional[int]:

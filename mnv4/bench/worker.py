@@ -7,6 +7,7 @@ verification inputs, which the parent compares with the reference."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingExtraError, MNV4Error, PlatformUnsupportedError
-from .latency import summarise, time_calls
+from .latency import time_calls
 
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -111,7 +112,17 @@ def padded_batches(inputs: np.ndarray, batch: int):
         yield chunk, real
 
 
+def pin_to_cpus(threads: int) -> None:
+    """Keep the measurement on `threads` fixed CPUs (the last ones, away from CPU 0's interrupt work), so
+    that the scheduler does not move it between cores mid-run. Linux only; elsewhere the OS decides."""
+    if hasattr(os, "sched_setaffinity"):
+        available = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, available[-threads:])
+
+
 def measure(job: dict) -> dict:
+    if job["device"] == "cpu":
+        pin_to_cpus(job["threads"])
     inputs = np.load(job["inputs"])
     # The timed batch: real photos, repeated to the batch size.
     batch = np.ascontiguousarray(np.resize(inputs[:-2] if len(inputs) > 2 else inputs,
@@ -119,10 +130,11 @@ def measure(job: dict) -> dict:
     started = time.perf_counter()
     if job["device"] == "cuda":
         call, logits_of = cuda_call(job, batch)
-        measures_latency = True
+        measures_latency, runtime = True, None
     else:
         runner = cpu_runner(job)
-        measures_latency = getattr(runner, "measures_latency", True)
+        measures_latency = runner.measures_latency
+        runtime = runner.runtime if job["runner"] == "artifact" else None
 
         def call():
             return runner(batch)
@@ -132,15 +144,14 @@ def measure(job: dict) -> dict:
     started = time.perf_counter()
     call()
     first_inference_ms = (time.perf_counter() - started) * 1e3
-    latency = None
-    if measures_latency:
-        latency = summarise(time_calls(call, job["warmup"], job["iterations"], job["min_seconds"]))
+    times = time_calls(call, job["warmup"], job["iterations"], job["min_seconds"]) if measures_latency else None
     logits = np.concatenate([logits_of(chunk)[:real] for chunk, real in padded_batches(inputs, job["batch"])])
     np.save(job["logits"], logits.astype(np.float32))
     # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-    return {"load_ms": load_ms, "first_inference_ms": first_inference_ms, "latency_ms": latency,
-            "peak_rss_mb": round(peak, 1), "measures_latency": measures_latency}
+    return {"load_ms": load_ms, "first_inference_ms": first_inference_ms, "times_ms": times,
+            "peak_rss_mb": round(peak, 1), "measures_latency": measures_latency,
+            "runtime": runtime}  # what actually ran: e.g. Core ML's interpreter off macOS
 
 
 def main(job_path: str, result_path: str) -> None:
