@@ -39,37 +39,33 @@ HOW_TO_READ = (
 )
 
 
+# How each kind of block of `_document` is written in each output; the plots themselves are in report.html only.
+MARKDOWN_BLOCKS = {
+    "heading": lambda level, text: f"{'#' * level} {text}",
+    "paragraph": lambda text: text,
+    "code": lambda text: f"```\n{text}\n```",
+    "table": lambda columns, rows: _markdown_table(columns, rows),
+    "figure": lambda make_figure, caption: f"*Plot in report.html: {caption}*" if make_figure else f"*{caption}*",
+}
+HTML_BLOCKS = {
+    "heading": lambda level, text: f"<h{level}>{html.escape(text)}</h{level}>",
+    "paragraph": lambda text: f"<p>{html.escape(text)}</p>",
+    "code": lambda text: f"<pre>{html.escape(text)}</pre>",
+    "table": lambda columns, rows: _html_table(columns, rows),
+    "figure": lambda make_figure, caption: _html_figure(make_figure, caption),
+}
+
+
+def _render(results_list: list[dict], writers: dict) -> list[str]:
+    return [writers[kind](*arguments) for kind, *arguments in _document(results_list)]
+
+
 def render_markdown(results_list: list[dict]) -> str:
-    out = []
-    for block in _document(results_list):
-        kind = block[0]
-        if kind == "heading":
-            out.append(f"{'#' * block[1]} {block[2]}")
-        elif kind == "paragraph":
-            out.append(block[1])
-        elif kind == "code":
-            out.append(f"```\n{block[1]}\n```")
-        elif kind == "table":
-            out.append(_markdown_table(block[1], block[2]))
-        elif kind == "figure":  # the plots themselves are in report.html only
-            out.append(f"*Plot in report.html: {block[2]}*" if block[1] else f"*{block[2]}*")
-    return "\n\n".join(out) + "\n"
+    return "\n\n".join(_render(results_list, MARKDOWN_BLOCKS)) + "\n"
 
 
 def render_html(results_list: list[dict]) -> str:
-    body = []
-    for block in _document(results_list):
-        kind = block[0]
-        if kind == "heading":
-            body.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
-        elif kind == "paragraph":
-            body.append(f"<p>{html.escape(block[1])}</p>")
-        elif kind == "code":
-            body.append(f"<pre>{html.escape(block[1])}</pre>")
-        elif kind == "table":
-            body.append(_html_table(block[1], block[2]))
-        elif kind == "figure":
-            body.append(_html_figure(block[1], block[2]))
+    body = _render(results_list, HTML_BLOCKS)
     return (f"<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(_title(results_list))}</title>\n<style>{CSS}</style>\n</head>\n"
             f"<body>\n<main>\n" + "\n".join(body) + "\n</main>\n</body>\n</html>\n")
