@@ -139,6 +139,20 @@ def test_report_refuses_a_file_that_is_not_results(tmp_path):
     assert_one_line_error(run_cli("report", tmp_path / "a.json", "--output-dir", tmp_path), "not an mnv4 bench results")
 
 
+def test_cuda_rows_without_a_gpu_are_unavailable(tmp_path):
+    """This machine has no GPU (the CUDA rows themselves are measured on one: docs/bench.md)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU, so its CUDA rows are measured rather than unavailable")
+    result = bench_cli("--device", "cuda", "--batch", "1,8", "--precisions", "fp16", "--output-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = load_results(tmp_path / "results.json")["rows"]
+    assert {row["runtime"] for row in rows} == {"torch-eager", "torch-channels_last", "torch-compile",
+                                                "torch-cuda-graphs"}
+    assert all(row["status"] == "unavailable" and "no CUDA device" in row["reason"] for row in rows)
+
+
 def test_plan_cuda_rows_sweep_batches_and_modes():
     rows = plan(BenchOptions(variant="conv_small", precisions=("fp32", "fp16", "bf16"), device="cuda",
                              compare_timm=True))

@@ -163,6 +163,7 @@ class Bench:
         self.reference_logits = TorchRunner(model)(inputs)
         self.progress("measuring the machine's fp32 FMA peak", 0, len(rows))
         machine = machine_info()
+        self.cuda_available = machine["gpu"] is not None
         self.exports: dict[tuple, tuple] = {}
         # Repeats go round all rows again rather than rerunning a row at once, so that a slow spell of the
         # machine spreads over the rows instead of landing on one.
@@ -249,6 +250,9 @@ class Bench:
             return
         except Exception as error:  # a failed export fails its rows; the benchmark goes on
             row.status, row.reason = "failed", f"export failed: {_one_line(error)}"
+            return
+        if row.device == "cuda" and not self.cuda_available:
+            row.status, row.reason = "unavailable", "unavailable: no CUDA device on this machine"
             return
         if row.format == "torch" and row.precision != "fp32":
             row.tolerance = "fp16-arithmetic"  # PyTorch computes in the reduced precision itself
