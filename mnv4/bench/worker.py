@@ -112,6 +112,21 @@ def padded_batches(inputs: np.ndarray, batch: int):
         yield chunk, real
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. On Linux VmHWM, which starts afresh with the worker's own
+    address space: getrusage's ru_maxrss is inherited across fork and exec, so there it would report the
+    parent's size whenever that was larger. Elsewhere ru_maxrss (bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 2**10
+
+
 def pin_to_cpus(threads: int) -> None:
     """Keep the measurement on `threads` fixed CPUs (the last ones, away from CPU 0's interrupt work), so
     that the scheduler does not move it between cores mid-run. Linux only; elsewhere the OS decides."""
@@ -147,10 +162,8 @@ def measure(job: dict) -> dict:
     times = time_calls(call, job["warmup"], job["iterations"], job["min_seconds"]) if measures_latency else None
     logits = np.concatenate([logits_of(chunk)[:real] for chunk, real in padded_batches(inputs, job["batch"])])
     np.save(job["logits"], logits.astype(np.float32))
-    # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
     return {"load_ms": load_ms, "first_inference_ms": first_inference_ms, "times_ms": times,
-            "peak_rss_mb": round(peak, 1), "measures_latency": measures_latency,
+            "peak_rss_mb": round(peak_rss_mb(), 1), "measures_latency": measures_latency,
             "runtime": runtime}  # what actually ran: e.g. Core ML's interpreter off macOS
 
 
