@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -73,6 +74,7 @@ class Row:
     status: str = "ok"
     reason: Optional[str] = None
     runs: list = field(default_factory=list)  # one worker result per process
+    interleaved_ratio: Optional[float] = None  # ours/timm timed call by call in one process (CPU twins)
     parity: Optional[dict] = None
 
     def key(self) -> tuple:
@@ -166,17 +168,26 @@ class Bench:
         self.cuda_available = machine["gpu"] is not None
         self.exports: dict[tuple, tuple] = {}
         # Repeats go round all rows again rather than rerunning a row at once, so that a slow spell of the
-        # machine spreads over the rows instead of landing on one.
-        total = len(rows) * options.repeats
+        # machine spreads over the rows instead of landing on one; an mnv4 row and its timm twin run back to
+        # back, first one then the other in turn, so that each pair of their processes saw the same machine.
+        twins = [list(group) for _, group in itertools.groupby(rows, key=Row.key)]
+        total, done = len(rows) * options.repeats, 0
         for repeat in range(options.repeats):
-            for index, row in enumerate(rows):
-                self.progress(f"{row.source} {row.runtime} {row.precision} threads={row.threads} batch={row.batch}"
-                              + (f" (process {repeat + 1}/{options.repeats})" if options.repeats > 1 else ""),
-                              repeat * len(rows) + index, total)
-                if repeat == 0:
-                    self._measure(row)
-                elif row.runs and row.status in ("ok", "parity-failed"):
-                    self._measure_again(row)
+            for group in twins:
+                for row in group if repeat % 2 == 0 else reversed(group):
+                    self.progress(f"{row.source} {row.runtime} {row.precision} threads={row.threads} "
+                                  f"batch={row.batch}" + (f" (process {repeat + 1}/{options.repeats})"
+                                                          if options.repeats > 1 else ""), done, total)
+                    done += 1
+                    if repeat == 0:
+                        self._measure(row)
+                    elif row.runs and row.status in ("ok", "parity-failed"):
+                        self._measure_again(row)
+        for group in twins:
+            if len(group) == 2 and all(row.runs and row.runs[0]["times_ms"] for row in group) \
+                    and group[0].device == "cpu":
+                self.progress(f"ours/timm interleaved: {group[0].runtime} {group[0].precision}", total, total)
+                self._compare(*group)
         macs = profile(model, (3, preprocessing.resolution, preprocessing.resolution)).macs
         return {
             "schema": "mnv4-bench/1",
@@ -283,9 +294,17 @@ class Bench:
         else:
             row.runs.append(result)
 
+    def _compare(self, ours: Row, theirs: Row) -> None:
+        result = self._spawn({"compare": [self._job(ours), self._job(theirs)]}, ours.threads)
+        if "ratio" in result:
+            ours.interleaved_ratio = result["ratio"]
+
     def _run_worker(self, row: Row) -> dict:
+        return self._spawn(self._job(row), row.threads)
+
+    def _job(self, row: Row) -> dict:
         options = self.options
-        job = {
+        return {
             "runner": "torch" if row.format == "torch" else "artifact",
             "path": str(row.artifact) if row.artifact else None,
             "source": row.source, "variant": options.variant, "weights": str(self.weights_path),
@@ -294,11 +313,14 @@ class Bench:
             "inputs": str(self.inputs_path), "logits": str(self.work / "logits.npy"),
             "warmup": options.warmup, "iterations": options.iterations, "min_seconds": options.min_seconds,
         }
+
+    def _spawn(self, job: dict, threads: Optional[int]) -> dict:
+        """Run one job in a fresh `python -m mnv4.bench.worker` process; its result, or why it has none."""
         with tempfile.TemporaryDirectory(dir=self.work) as folder:
             job_path, result_path = Path(folder) / "job.json", Path(folder) / "result.json"
             job_path.write_text(json.dumps(job))
             # Each library's own thread pools follow the row's thread count, also the ones it never sets.
-            threads = str(row.threads or os.cpu_count())
+            threads = str(threads or os.cpu_count())
             env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
             try:
                 process = subprocess.run([sys.executable, "-m", "mnv4.bench.worker", str(job_path), str(result_path)],
@@ -316,13 +338,13 @@ def finish_rows(rows: list[Row], macs: int, fma_peak_per_thread: Optional[float]
     first inference as their medians, the largest peak memory, throughput, GFLOP/s, fraction of peak and
     the ours/timm ratio."""
     latencies = {id(row): _pooled_latency(row.runs) for row in rows}
-    medians = {(row.source, *row.key()): latencies[id(row)]["median"] for row in rows if latencies[id(row)]}
+    timm_rows = {row.key(): row for row in rows if row.source == "timm"}
     finished = []
     for row in rows:
         latency = latencies[id(row)]
         median_s = latency["median"] / 1e3 if latency else None
         gflops = 2 * macs * row.batch / median_s / 1e9 if median_s else None
-        peer = medians.get(("timm", *row.key()))
+        peer = timm_rows.get(row.key()) if row.source == "mnv4" else None
         finished.append({
             "source": row.source, "format": row.format, "runtime": row.runtime, "device": row.device,
             "precision": row.precision, "threads": row.threads if row.device == "cpu" else None, "batch": row.batch,
@@ -334,7 +356,7 @@ def finish_rows(rows: list[Row], macs: int, fma_peak_per_thread: Optional[float]
             "parity": row.parity, "gflops": gflops,
             "peak_fraction": gflops / (fma_peak_per_thread * row.threads)
             if gflops and fma_peak_per_thread and row.device == "cpu" else None,
-            "ratio_vs_timm": latency["median"] / peer if latency and peer and row.source == "mnv4" else None,
+            "ratio_vs_timm": _ratio_vs_timm(row, peer) if peer and latency and latencies[id(peer)] else None,
         })
     return finished
 
@@ -342,6 +364,15 @@ def finish_rows(rows: list[Row], macs: int, fma_peak_per_thread: Optional[float]
 def _pooled_latency(runs: list[dict]) -> Optional[dict]:
     times = [time for run in runs for time in run["times_ms"] or ()]
     return {**summarise(times), "processes": len(runs)} if times else None
+
+
+def _ratio_vs_timm(ours: Row, theirs: Row) -> float:
+    """ours/timm: timed call by call in one process where that ran (CPU rows), else the median over the
+    back-to-back process pairs of their median latencies, so that a change of machine speed cancels out."""
+    if ours.interleaved_ratio is not None:
+        return ours.interleaved_ratio
+    return float(np.median([np.median(a["times_ms"]) / np.median(b["times_ms"])
+                            for a, b in zip(ours.runs, theirs.runs)]))
 
 
 def _median_of(runs: list[dict], key: str) -> Optional[float]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingExtraError, MNV4Error, PlatformUnsupportedError
-from .latency import time_calls
+from .latency import MIN_ITERATIONS, time_calls
 
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -135,13 +135,45 @@ def pin_to_cpus(threads: int) -> None:
         os.sched_setaffinity(0, available[-threads:])
 
 
+def timed_batch(inputs: np.ndarray, size: int) -> np.ndarray:
+    """The batch that is timed: the real photos (the inputs without the two random ones), repeated to `size`."""
+    return np.ascontiguousarray(np.resize(inputs[:-2] if len(inputs) > 2 else inputs, (size, *inputs.shape[1:])),
+                                dtype=np.float32)
+
+
+def compare_pair(jobs: list[dict]) -> dict:
+    """The latency ratio of two CPU jobs (ours, then timm's twin) timed call by call in one process, in
+    ABBA order: both see the same machine at every moment, so a change of machine speed, which moves
+    separate processes' medians by several per cent on a shared VM, cancels out of the ratio."""
+    first = jobs[0]
+    pin_to_cpus(first["threads"])
+    batch = timed_batch(np.load(first["inputs"]), first["batch"])
+    runners = [cpu_runner(job) for job in jobs]
+    for _ in range(max(first["warmup"], 1)):
+        for runner in runners:
+            runner(batch)
+    times: list[list[float]] = [[], []]
+    started = time.perf_counter()
+    rounds = 0
+    while True:
+        for index in (0, 1) if rounds % 2 == 0 else (1, 0):
+            start = time.perf_counter()
+            runners[index](batch)
+            times[index].append(time.perf_counter() - start)
+        rounds += 1
+        if first["iterations"] is not None:
+            if rounds >= first["iterations"]:
+                break
+        elif rounds >= MIN_ITERATIONS and time.perf_counter() - started >= 2 * (first["min_seconds"] or 0.0):
+            break
+    return {"ratio": float(np.median(times[0]) / np.median(times[1])), "rounds": rounds}
+
+
 def measure(job: dict) -> dict:
     if job["device"] == "cpu":
         pin_to_cpus(job["threads"])
     inputs = np.load(job["inputs"])
-    # The timed batch: real photos, repeated to the batch size.
-    batch = np.ascontiguousarray(np.resize(inputs[:-2] if len(inputs) > 2 else inputs,
-                                           (job["batch"], *inputs.shape[1:])), dtype=np.float32)
+    batch = timed_batch(inputs, job["batch"])
     started = time.perf_counter()
     if job["device"] == "cuda":
         call, logits_of = cuda_call(job, batch)
@@ -170,7 +202,7 @@ def measure(job: dict) -> dict:
 def main(job_path: str, result_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
     try:
-        result = measure(job)
+        result = compare_pair(job["compare"]) if "compare" in job else measure(job)
     except MissingExtraError as error:
         result = {"status": "unavailable", "reason": f"unavailable: install mnv4[{error.extra}]"}
     except PlatformUnsupportedError as error:
