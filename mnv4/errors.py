@@ -35,3 +35,9 @@ class PlatformUnsupportedError(MNV4Error):
 
 class UnsupportedOperationError(MNV4Error):
     """A Core ML program operation that the Linux interpreter does not implement."""
+
+
+def one_line(error: BaseException) -> str:
+    """A toolchain's or runtime's exception as one line for a report: its type and first line."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

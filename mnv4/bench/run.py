@@ -1,10 +1,12 @@
 """`mnv4 bench`: export the variant to every asked format, measure each artifact and PyTorch itself in a
 fresh process, compare every output with the PyTorch reference, and write results.json + the report.
 
-Knows runtimes only through `mnv4.runtimes` (inside the worker) and artifacts only through the exporters."""
+Knows runtimes only through `mnv4.runtimes` (their names here; the worker runs them) and artifacts only
+through the exporters."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import itertools
 import json
@@ -19,19 +21,21 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..errors import MissingExtraError, MNV4Error
+from ..errors import MissingExtraError, MNV4Error, one_line
+from ..export import FORMATS as ARTIFACT_SUFFIXES
+from ..export import ExportRequest, artifact_bytes, export, remove_artifact
+from ..runtimes import runner_class
 from .latency import summarise
 from .parity import breaches, compare, tolerance_for, verification_inputs
+from .worker import timed_batch
 
-ARTIFACT_FORMATS = ("onnx", "tflite", "executorch", "coreml")
-FORMATS = (*ARTIFACT_FORMATS, "torch")
+FORMATS = (*ARTIFACT_SUFFIXES, "torch")
 PRECISIONS = ("fp32", "fp16", "bf16")
 CPU_TORCH_MODES = ("eager", "channels_last", "compile")
 CUDA_TORCH_MODES = ("eager", "channels_last", "compile", "cuda_graphs")
 TORCH_RUNTIMES = {"eager": "torch-eager", "channels_last": "torch-channels_last", "compile": "torch-compile",
                   "cuda_graphs": "torch-cuda-graphs"}
 CUDA_BATCHES = (1, 8, 64, 256)  # the default CUDA sweep: latency at 1, throughput towards 256
-RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert", "executorch": "executorch", "coreml": "coreml"}
 JOB_TIMEOUT_SECONDS = 1200
 
 # Told what is happening, and how many of how many rows are done.
@@ -130,7 +134,9 @@ def plan(options: BenchOptions) -> list[Row]:
             for threads in options.threads:
                 for batch in batches:
                     for mode in CPU_TORCH_MODES if fmt == "torch" else (None,):
-                        runtime = TORCH_RUNTIMES[mode] if fmt == "torch" else RUNTIMES[fmt]
+                        # The runtime this platform's runner is (Core ML: predict or the interpreter).
+                        runtime = TORCH_RUNTIMES[mode] if fmt == "torch" else runner_class(
+                            Path(f"model{ARTIFACT_SUFFIXES[fmt]}")).runtime
                         rows += [Row(source, fmt, runtime, "cpu", precision, threads, batch, mode=mode)
                                  for source in sources if source == "mnv4" or precision in PEER_PRECISIONS]
     return rows
@@ -160,9 +166,9 @@ class Bench:
         self.model, self.preprocessing = model, preprocessing
         self.weights_path = self._save_weights(model)
         self.inputs_path = self.work / "inputs.npy"
-        inputs = verification_inputs(preprocessing)
-        np.save(self.inputs_path, inputs)
-        self.reference_logits = TorchRunner(model)(inputs)
+        self.inputs = verification_inputs(preprocessing)
+        np.save(self.inputs_path, self.inputs)
+        self.reference_logits = TorchRunner(model)(self.inputs)
         self.progress("measuring the machine's fp32 FMA peak", 0, len(rows))
         machine = machine_info()
         self.cuda_available = machine["gpu"] is not None
@@ -230,27 +236,28 @@ class Bench:
         return path, seconds, tolerance
 
     def _export(self, row: Row) -> tuple:
-        from ..export import FORMATS as SUFFIXES
-        from ..export import ExportRequest, export, remove_artifact
-
-        path = self.work / f"{row.source}_{row.format}_{row.precision}_b{row.batch}{SUFFIXES[row.format]}"
+        path = self.work / f"{row.source}_{row.format}_{row.precision}_b{row.batch}{ARTIFACT_SUFFIXES[row.format]}"
         if row.source == "timm":
             import torch
-            from safetensors.torch import load_file
 
-            from .peers import export_peer, timm_model
+            from .peers import export_peer
 
-            peer = timm_model(self.options.variant, load_file(str(self.weights_path)), self.model.num_classes)
-            example = torch.from_numpy(np.resize(np.load(self.inputs_path), (row.batch, 3, self.preprocessing.resolution,
-                                                                              self.preprocessing.resolution)))
+            example = torch.from_numpy(timed_batch(self.inputs, row.batch))
             remove_artifact(path)
-            return path, export_peer(row.format, peer, example, path), "fp32"
+            return path, export_peer(row.format, self.peer_model, example, path), "fp32"
         # Parity is measured by the benchmark itself, in the worker, on the same inputs as every other row.
         manifest = export(row.format, ExportRequest(variant=self.options.variant, weights=self.weights_path,
                                                     resolution=self.preprocessing.resolution,
                                                     precision=row.precision, batch=row.batch, verify=False),
                           path, force=True)
         return path, manifest["export_seconds"], tolerance_for(row.precision, manifest.get("compute_dtype"))
+
+    @functools.cached_property
+    def peer_model(self):
+        """timm's model with the reference's weights, built once for all its exports."""
+        from .peers import timm_model
+
+        return timm_model(self.options.variant, self.model.state_dict(), self.model.num_classes)
 
     def _measure(self, row: Row) -> None:
         try:
@@ -260,7 +267,7 @@ class Bench:
             row.status, row.reason = "unavailable", f"unavailable: install mnv4[{error.extra}]"
             return
         except Exception as error:  # a failed export fails its rows; the benchmark goes on
-            row.status, row.reason = "failed", f"export failed: {_one_line(error)}"
+            row.status, row.reason = "failed", f"export failed: {one_line(error)}"
             return
         if row.device == "cuda" and not self.cuda_available:
             row.status, row.reason = "unavailable", "unavailable: no CUDA device on this machine"
@@ -272,7 +279,6 @@ class Bench:
             row.status, row.reason = result["status"], result["reason"]
             return
         row.runs.append(result)
-        row.runtime = result["runtime"] or row.runtime
         logits = np.load(self.work / "logits.npy")
         is_reference = row.source == "mnv4" and row.format == "torch" and row.mode == "eager" \
             and row.device == "cpu" and row.precision == "fp32"
@@ -380,16 +386,7 @@ def _median_of(runs: list[dict], key: str) -> Optional[float]:
 
 
 def _bytes(path: Optional[Path]) -> Optional[int]:
-    if path is None or not path.exists():
-        return None
-    from ..export import artifact_bytes
-
-    return artifact_bytes(path)
-
-
-def _one_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return artifact_bytes(path) if path is not None and path.exists() else None
 
 
 def bench(options: BenchOptions, output_dir: Path, progress: Progress = lambda text, done, total: None) -> dict:

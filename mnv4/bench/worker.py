@@ -6,6 +6,7 @@ pools, and peak resident memory is this measurement's alone. The job names an ar
 verification inputs, which the parent compares with the reference."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import resource
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingExtraError, MNV4Error, PlatformUnsupportedError
-from .latency import MIN_ITERATIONS, time_calls
+from ..errors import MissingExtraError, MNV4Error, PlatformUnsupportedError, one_line
+from ..runtimes.base import run_in_artifact_batches
+from .latency import time_calls
+from .parity import RANDOM_INPUTS
 
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -27,12 +30,9 @@ def torch_model(job: dict):
     from safetensors.torch import load_file
 
     if job["source"] == "timm":
-        try:
-            import timm
-        except ImportError:
-            raise MissingExtraError("timm (the peer model)", "bench") from None
-        model = timm.create_model(f"mobilenetv4_{job['variant']}", pretrained=False, num_classes=job["num_classes"])
-        model.load_state_dict(load_file(job["weights"]))
+        from .peers import timm_model
+
+        model = timm_model(job["variant"], load_file(job["weights"]), job["num_classes"])
     else:
         from ..model.factory import create_model
 
@@ -101,17 +101,6 @@ def cuda_call(job: dict, batch: np.ndarray):
     return call, logits_of
 
 
-def padded_batches(inputs: np.ndarray, batch: int):
-    """The inputs in batches of exactly `batch` (the last padded by repeating images), with how many
-    of each batch are real."""
-    for start in range(0, len(inputs), batch):
-        chunk = inputs[start:start + batch]
-        real = len(chunk)
-        if real < batch:
-            chunk = np.concatenate([chunk, np.resize(inputs, (batch - real, *inputs.shape[1:]))])
-        yield chunk, real
-
-
 def peak_rss_mb() -> float:
     """This process's peak resident memory. On Linux VmHWM, which starts afresh with the worker's own
     address space: getrusage's ru_maxrss is inherited across fork and exec, so there it would report the
@@ -136,9 +125,9 @@ def pin_to_cpus(threads: int) -> None:
 
 
 def timed_batch(inputs: np.ndarray, size: int) -> np.ndarray:
-    """The batch that is timed: the real photos (the inputs without the two random ones), repeated to `size`."""
-    return np.ascontiguousarray(np.resize(inputs[:-2] if len(inputs) > 2 else inputs, (size, *inputs.shape[1:])),
-                                dtype=np.float32)
+    """The batch that is timed: the real photos (the verification inputs without the random ones), repeated
+    to `size`."""
+    return np.ascontiguousarray(np.resize(inputs[:-RANDOM_INPUTS], (size, *inputs.shape[1:])), dtype=np.float32)
 
 
 def compare_pair(jobs: list[dict]) -> dict:
@@ -149,23 +138,20 @@ def compare_pair(jobs: list[dict]) -> dict:
     pin_to_cpus(first["threads"])
     batch = timed_batch(np.load(first["inputs"]), first["batch"])
     runners = [cpu_runner(job) for job in jobs]
-    for _ in range(max(first["warmup"], 1)):
-        for runner in runners:
-            runner(batch)
     times: list[list[float]] = [[], []]
-    started = time.perf_counter()
-    rounds = 0
-    while True:
-        for index in (0, 1) if rounds % 2 == 0 else (1, 0):
+    orders = itertools.cycle(((0, 1), (1, 0)))
+
+    def round_of_both():
+        for index in next(orders):
             start = time.perf_counter()
             runners[index](batch)
             times[index].append(time.perf_counter() - start)
-        rounds += 1
-        if first["iterations"] is not None:
-            if rounds >= first["iterations"]:
-                break
-        elif rounds >= MIN_ITERATIONS and time.perf_counter() - started >= 2 * (first["min_seconds"] or 0.0):
-            break
+
+    for _ in range(max(first["warmup"], 1)):
+        for runner in runners:
+            runner(batch)
+    min_seconds = first["min_seconds"]
+    rounds = len(time_calls(round_of_both, 0, first["iterations"], 2 * min_seconds if min_seconds else None))
     return {"ratio": float(np.median(times[0]) / np.median(times[1])), "rounds": rounds}
 
 
@@ -177,11 +163,10 @@ def measure(job: dict) -> dict:
     started = time.perf_counter()
     if job["device"] == "cuda":
         call, logits_of = cuda_call(job, batch)
-        measures_latency, runtime = True, None
+        measures_latency = True
     else:
         runner = cpu_runner(job)
         measures_latency = runner.measures_latency
-        runtime = runner.runtime if job["runner"] == "artifact" else None
 
         def call():
             return runner(batch)
@@ -192,11 +177,10 @@ def measure(job: dict) -> dict:
     call()
     first_inference_ms = (time.perf_counter() - started) * 1e3
     times = time_calls(call, job["warmup"], job["iterations"], job["min_seconds"]) if measures_latency else None
-    logits = np.concatenate([logits_of(chunk)[:real] for chunk, real in padded_batches(inputs, job["batch"])])
-    np.save(job["logits"], logits.astype(np.float32))
+    # Parity at the row's own batch size (a CUDA graph takes no other).
+    np.save(job["logits"], run_in_artifact_batches(inputs, "NCHW", np.float32, job["batch"], logits_of))
     return {"load_ms": load_ms, "first_inference_ms": first_inference_ms, "times_ms": times,
-            "peak_rss_mb": round(peak_rss_mb(), 1), "measures_latency": measures_latency,
-            "runtime": runtime}  # what actually ran: e.g. Core ML's interpreter off macOS
+            "peak_rss_mb": round(peak_rss_mb(), 1), "measures_latency": measures_latency}
 
 
 def main(job_path: str, result_path: str) -> None:
@@ -210,7 +194,7 @@ def main(job_path: str, result_path: str) -> None:
     except MNV4Error as error:
         result = {"status": "failed", "reason": str(error)}
     except Exception as error:  # a runtime's own failure: recorded in the row, the benchmark goes on
-        result = {"status": "failed", "reason": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+        result = {"status": "failed", "reason": one_line(error)}
     Path(result_path).write_text(json.dumps(result))
 
 

@@ -80,9 +80,12 @@ def _global_pools(model_proto) -> None:
     from onnx import helper, numpy_helper
 
     graph = model_proto.graph
-    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    # Only the axes tensors are decoded, not every weight of the model.
+    axes_names = {node.input[1] for node in graph.node if node.op_type == "ReduceMean" and len(node.input) > 1}
+    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer if tensor.name in axes_names}
     constants.update({node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in graph.node
-                      if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"})
+                      if node.op_type == "Constant" and node.output[0] in axes_names
+                      and node.attribute and node.attribute[0].name == "value"})
     for index, node in enumerate(graph.node):
         if node.op_type != "ReduceMean" or len(node.input) < 2 or node.input[1] not in constants:
             continue
