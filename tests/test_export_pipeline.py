@@ -134,3 +134,17 @@ def test_missing_backend_names_the_extra(tmp_path):
                              str(tmp_path / "m.onnx")], capture_output=True, text=True, env=env, timeout=300)
     assert_one_line_error(result, "pip install 'mnv4[onnx]'")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_tflite_dynamic_batch_fp16_nhwc_is_verified_at_two_batches(tmp_path):
+    """Also proves that stdout holds only the JSON: litert-torch and ai-edge-quantizer print progress."""
+    artifact = tmp_path / "small.tflite"
+    result = run_cli("export", "--format", "tflite", "--variant", "conv_small", "--dynamic-batch", "--nhwc",
+                     "--precision", "fp16", "--output", artifact, "--json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads(result.stdout)
+    assert manifest["input_shape"] == [-1, 224, 224, 3] and manifest["batch"] == "dynamic"
+    parity = manifest["parity"]
+    assert parity["passed"] is True and parity["tolerance"] == "fp16"
+    assert {"batch_1", "batch_4"} <= set(parity)
+    assert parity["batch_4"]["all"]["cosine"] >= 0.999

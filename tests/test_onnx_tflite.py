@@ -12,13 +12,13 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 
 from mnv4.bench.parity import compare
-from mnv4.errors import UnsupportedOptionError
+from mnv4.errors import MNV4Error, UnsupportedOptionError
 from mnv4.export import onnx as onnx_export
 from mnv4.export import tflite as tflite_export
 from mnv4.runtimes.litert import LiteRTRunner
 from mnv4.runtimes.onnxruntime import OnnxRuntimeRunner
 
-from conftest import relative_error
+from conftest import reference_for, relative_error
 
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 2e-2
@@ -111,9 +111,43 @@ def test_tflite_nhwc_input_behind_an_nchw_runner(conv_small, tmp_path):
     check_parity("tflite conv_small nhwc", conv_small.logits, runner(conv_small.inputs))
 
 
-def test_tflite_rejects_dynamic_batch(conv_small, tmp_path):
-    with pytest.raises(UnsupportedOptionError, match="dynamic"):
-        tflite_export.export(conv_small.model, conv_small.example(2), tmp_path / "model.tflite", dynamic_batch=True)
+@pytest.fixture
+def hybrid_medium():
+    return reference_for("hybrid_medium")
+
+
+def test_tflite_dynamic_batch_in_litert_interpreter(hybrid_medium, tmp_path):
+    """The hard case: attention reshapes fold the batch into rows (B * 64, 64) and (B * heads, L, d)."""
+    path = tmp_path / "model.tflite"
+    facts = tflite_export.export(hybrid_medium.model, hybrid_medium.example(2), path, dynamic_batch=True)
+    assert facts["input_shape"] == [-1, 3, hybrid_medium.resolution, hybrid_medium.resolution]
+
+    interpreter = Interpreter(model_path=str(path), num_threads=2)
+    (model_input,), (model_output,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert model_input["shape_signature"][0] == -1 and list(model_output["shape_signature"]) == [-1, 1000]
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert "BROADCAST_TO" not in ops and "BATCH_MATMUL" in ops
+    for batch in (1, 3, len(hybrid_medium.inputs)):
+        interpreter.resize_tensor_input(model_input["index"], [batch, *model_input["shape"][1:]])
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(model_input["index"], hybrid_medium.inputs[:batch])
+        interpreter.invoke()
+        logits = interpreter.get_tensor(model_output["index"])
+        check_parity(f"tflite hybrid_medium batch {batch}", hybrid_medium.logits[:batch], logits)
+
+
+class BroadcastsOverTheBatch(torch.nn.Module):
+    """Its BROADCAST_TO shape holds the batch, which no shape signature can free."""
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3)).unsqueeze(1).expand(x.shape[0], 4, x.shape[1]).reshape(x.shape[0], -1)
+
+
+def test_tflite_dynamic_batch_refuses_a_graph_it_cannot_free(tmp_path):
+    with pytest.raises(MNV4Error, match="cannot make the TFLite batch dynamic: a constant of BROADCAST_TO"):
+        tflite_export.export(BroadcastsOverTheBatch(), torch.randn(2, 3, 8, 8), tmp_path / "model.tflite",
+                             dynamic_batch=True)
+    assert not list(tmp_path.iterdir())
 
 
 class ConvThenMean(torch.nn.Module):

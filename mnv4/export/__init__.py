@@ -4,11 +4,13 @@ The artifact is written under a temporary name beside the output and moved into 
 exported and verified, so a failed or interrupted export leaves nothing at the output path."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,10 +130,12 @@ def export(fmt: str, request: ExportRequest, output: Optional[Path] = None, forc
     try:
         step(f"exporting {fmt} ({request.precision})")
         started = time.perf_counter()
-        facts = exporter.export(model, example, partial, precision=request.precision,
-                                dynamic_batch=request.dynamic_batch, nhwc=request.nhwc,
-                                **({"image_input": True, "mean": preprocessing.mean, "std": preprocessing.std}
-                                   if request.image_input else {}))
+        # Toolchains print their own progress on stdout, which belongs to `mnv4 export --json`.
+        with contextlib.redirect_stdout(sys.stderr):
+            facts = exporter.export(model, example, partial, precision=request.precision,
+                                    dynamic_batch=request.dynamic_batch, nhwc=request.nhwc,
+                                    **({"image_input": True, "mean": preprocessing.mean, "std": preprocessing.std}
+                                       if request.image_input else {}))
         export_seconds = time.perf_counter() - started
         verification = {"passed": None, "status": "skipped (--no-verify)"}
         if request.verify:

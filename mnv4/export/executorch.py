@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MissingExtraError, UnsupportedOptionError
-from .program import export_program
+from .program import mobile_program
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 # A constant method stored in the .pte beside `forward`, so the runner knows whether the batch axis
@@ -51,8 +51,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     sample = example[:DYNAMIC_EXAMPLE_BATCH] if dynamic_batch else example
     if nhwc:
         sample = sample.permute(0, 2, 3, 1).contiguous()
-    program = export_program(module, sample, dynamic_batch).run_decompositions(
-        {torch.ops.aten.matmul.default: _matmul_folding_shared_head})
+    program = mobile_program(module, sample, dynamic_batch)
     edge = to_edge_transform_and_lower(
         program,
         transform_passes=[_reshapes_as_static_views],
@@ -104,20 +103,6 @@ class _Deployable(torch.nn.Module):
         if self.nhwc:
             x = x.permute(0, 3, 1, 2).contiguous()
         return self.model(x).float()
-
-
-def _matmul_folding_shared_head(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """matmul, with multi-query attention's (B, heads, L, d) @ (B, 1, d, P) as one bmm.
-
-    torch's decomposition copies the single key/value head once per query head with `expand`, which
-    XNNPACK cannot run, so the attention would leave the delegate. Folding the heads into the rows,
-    (B, heads * L, d) @ (B, d, P), computes the same dot products with no copy. Reshapes keep the
-    batch as -1 so that a dynamic batch stays a single inferred size."""
-    if a.dim() == 4 and b.dim() == 4 and b.shape[1] == 1 and a.shape[1] != 1 and a.shape[0] == b.shape[0]:
-        heads, rows, inner = a.shape[1:]
-        product = torch.bmm(a.reshape(-1, heads * rows, inner), b.reshape(-1, inner, b.shape[-1]))
-        return product.reshape(-1, heads, rows, b.shape[-1])
-    return torch.ops.aten.matmul.default.decompose(a, b)
 
 
 def _reshapes_as_static_views(graph_module: torch.fx.GraphModule):
