@@ -1,6 +1,7 @@
 """The speed claims of docs/bench.md, measured: conv_small, fp32, batch 1, 1 thread, our artifacts next to
 timm's from the same toolchains and PyTorch eager, `mnv4 bench` run three times (each row in two fresh
-processes per run; ours/timm from one more process per pair that times both call by call).
+processes per run; ours/timm from two more processes per pair, one per load order, that time both call by
+call).
 
     python scripts/bench_conv_small.py [--output-dir bench-results/conv_small] [--runs 3]
 

@@ -63,7 +63,7 @@ def test_artifact_rows_record_the_export(onnx_and_torch):
 
 
 def test_every_mnv4_row_has_its_ratio_to_timm(onnx_and_torch):
-    """The ratio comes from one process timing both call by call (docs/bench.md), so it is not the ratio of
+    """The ratio comes from two processes timing both call by call (docs/bench.md), so it is not the ratio of
     the two rows' medians; what it must be is there, positive, and only on our rows."""
     _, results = onnx_and_torch
     for ours in rows_by(results, source="mnv4"):

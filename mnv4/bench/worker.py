@@ -131,9 +131,9 @@ def timed_batch(inputs: np.ndarray, size: int) -> np.ndarray:
 
 
 def compare_pair(jobs: list[dict]) -> dict:
-    """The latency ratio of two CPU jobs (ours, then timm's twin) timed call by call in one process, in
-    ABBA order: both see the same machine at every moment, so a change of machine speed, which moves
-    separate processes' medians by several per cent on a shared VM, cancels out of the ratio."""
+    """The latency ratio first/second of two CPU jobs, loaded in that order and timed call by call in one
+    process, in ABBA order: both see the same machine at every moment, so a change of machine speed, which
+    moves separate processes' medians by several per cent on a shared VM, cancels out of the ratio."""
     first = jobs[0]
     pin_to_cpus(first["threads"])
     batch = timed_batch(np.load(first["inputs"]), first["batch"])
