@@ -85,7 +85,8 @@ def free_batch(at_batch: bytes, at_next_batch: bytes, batch: int) -> bytes:
 
     model, other = (_unpack(buffer) for buffer in (at_batch, at_next_batch))
     graph, other_graph = model.subgraphs[0], other.subgraphs[0]
-    if len(model.subgraphs) != 1 or _op_names(model) != _op_names(other):
+    names = _op_names(model)
+    if len(model.subgraphs) != 1 or names != _op_names(other):
         raise MNV4Error("cannot make the TFLite batch dynamic: litert-torch converts other batches to other graphs")
 
     def scaled_entry(sizes: list, other_sizes: list, what: str) -> int | None:
@@ -101,8 +102,7 @@ def free_batch(at_batch: bytes, at_next_batch: bytes, batch: int) -> bytes:
         return index
 
     freed_buffers = {}
-    for op, other_op in zip(graph.operators, other_graph.operators):
-        name = _op_name(model, op)
+    for name, op, other_op in zip(names, graph.operators, other_graph.operators):
         for position, (index, other_index) in enumerate(zip([*op.inputs, *op.outputs],
                                                             [*other_op.inputs, *other_op.outputs])):
             if index < 0:
@@ -123,12 +123,10 @@ def free_batch(at_batch: bytes, at_next_batch: bytes, batch: int) -> bytes:
                                    "a RESHAPE target")] = -1
                 freed_buffers[tensor.buffer] = np.frombuffer(shape.tobytes(), np.uint8)
     # Constants are shared between ops: a freed shape must feed nothing but RESHAPE targets.
-    for op in graph.operators:
+    for name, op in zip(names, graph.operators):
         for position, index in enumerate(op.inputs):
-            if index >= 0 and graph.tensors[index].buffer in freed_buffers and (
-                    _op_name(model, op) != "RESHAPE" or position != 1):
-                raise MNV4Error(f"cannot make the TFLite batch dynamic: a RESHAPE target is shared with "
-                                f"{_op_name(model, op)}")
+            if index >= 0 and graph.tensors[index].buffer in freed_buffers and (name != "RESHAPE" or position != 1):
+                raise MNV4Error(f"cannot make the TFLite batch dynamic: a RESHAPE target is shared with {name}")
     for buffer, data in freed_buffers.items():
         model.buffers[buffer].data = data
     builder = flatbuffers.Builder(len(at_batch) + 1024)
@@ -149,13 +147,14 @@ def _unpack(flatbuffer: bytes):
     return model
 
 
-def _op_name(model, op) -> str:
+def _op_names(model) -> list[str]:
+    """The builtin operator name of each operator of the main graph, in order."""
     from ai_edge_litert import schema_py_generated as schema
 
-    code = model.operatorCodes[op.opcodeIndex]
-    number = max(code.builtinCode, code.deprecatedBuiltinCode)  # older files keep small codes in the latter
-    return next((name for name, value in vars(schema.BuiltinOperator).items() if value == number), str(number))
-
-
-def _op_names(model) -> list[str]:
-    return [_op_name(model, op) for op in model.subgraphs[0].operators]
+    builtin_names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    names = []
+    for op in model.subgraphs[0].operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        number = max(code.builtinCode, code.deprecatedBuiltinCode)  # older files keep small codes in the latter
+        names.append(builtin_names.get(number, str(number)))
+    return names
