@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from .artifact.formats import FORMATS, PRECISIONS, TORCH
 from .errors import MNV4Error
 
 app = typer.Typer(
@@ -18,6 +19,8 @@ app = typer.Typer(
 )
 
 VARIANT_HELP = "Model variant (see `mnv4 info --help`): conv_small, conv_medium, conv_large, hybrid_medium, ..."
+FORMAT_HELP = f"{', '.join(FORMATS)} or all."
+VERBOSE_HELP = "Show the toolchains' and runtimes' own output (shown anyway when a step fails)."
 
 
 @contextmanager
@@ -89,28 +92,27 @@ def predict(
             print_top_classes(model(batch)[0].numpy(), top)
 
 
-def _print_parity(manifest: dict) -> None:
-    parity = manifest["parity"]
+def _print_parity(parity: dict, stream) -> None:
     if parity.get("passed") is None:
-        typer.echo(f"  parity: {parity['status']}", err=True)
+        print(f"  parity: {parity['status']}", file=stream)
         return
     worst = parity["worst"]
     verdict = "PASS" if parity["passed"] else "FAIL: " + "; ".join(parity["failures"])
-    typer.echo(f"  parity on {parity['inputs']['photos']} photos + {parity['inputs']['random']} random inputs: "
-               f"rel err {worst['rel_err']:.2e}, max |d| {worst['max_abs']:.2e}, cosine {worst['cosine']:.6f}, "
-               f"top-1 {worst['top1_agreement']:.0%}, top-5 {worst['top5_agreement']:.0%} -> {verdict}", err=True)
+    print(f"  parity on {parity['inputs']['photos']} photos + {parity['inputs']['random']} random inputs: "
+          f"rel err {worst['rel_err']:.2e}, max |d| {worst['max_abs']:.2e}, cosine {worst['cosine']:.6f}, "
+          f"top-1 {worst['top1_agreement']:.0%}, top-5 {worst['top5_agreement']:.0%} -> {verdict}", file=stream)
 
 
 @app.command("export")
 def export_command(
-    format: str = typer.Option("tflite", "--format", "-f", help="onnx, tflite, executorch, coreml or all."),
+    format: str = typer.Option("tflite", "--format", "-f", help=FORMAT_HELP),
     variant: str = typer.Option("conv_small", "--variant", "-v", help=VARIANT_HELP),
     weights: Optional[Path] = typer.Option(
         None, "--weights", "-w",
         help="Checkpoint to export. Default: reproducible seeded weights, BatchNorm calibrated on photos."),
     resolution: Optional[int] = typer.Option(None, "--resolution", "-r", min=32,
                                              help="Input resolution (default: the variant's)."),
-    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32 or fp16."),
+    precision: str = typer.Option("fp32", "--precision", "-p", help=" or ".join(PRECISIONS) + "."),
     batch: int = typer.Option(1, "--batch", "-b", help="Fixed batch size of the artifact."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Leave the batch axis free."),
     nhwc: bool = typer.Option(False, "--nhwc", help="Channels-last (NHWC) input, where the format supports it."),
@@ -122,37 +124,42 @@ def export_command(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip running the artifact against PyTorch."),
     threads: int = typer.Option(1, "--threads", min=1, help="Runtime threads used for verification."),
     json_output: bool = typer.Option(False, "--json", help="Print the manifest(s) as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output and no summary."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ):
     """Export a variant to ONNX, TFLite, ExecuTorch or Core ML and prove it computes what PyTorch does."""
     import json
 
     from rich.console import Console
 
-    from .export import FORMATS, ExportRequest, VerificationFailed, export
+    from .chatter import captured, terminal
+    from .export import ExportRequest, VerificationFailed, check_request, export
 
-    console = Console(stderr=True, quiet=quiet)
+    stream = terminal()
+    console = Console(file=stream, quiet=quiet)
     with reported_errors():
         formats = list(FORMATS) if format == "all" else [format]
         request = ExportRequest(variant=variant, weights=weights, resolution=resolution, precision=precision,
                                 batch=batch, dynamic_batch=dynamic_batch, nhwc=nhwc, image_input=image_input,
                                 verify=not no_verify, threads=threads)
+        for fmt in formats:
+            check_request(fmt, request)
         manifests, failed = [], []
         for fmt in formats:
-            target = output / f"{fmt}{FORMATS.get(fmt, '')}" if (output and format == "all") else output
-            with console.status(f"{fmt}: starting") as status:
+            target = output / f"{fmt}{FORMATS[fmt].suffix}" if (output and format == "all") else output
+            with console.status(f"{fmt}: starting") as status, captured(not verbose, shown_to=stream):
                 try:
                     manifest = export(fmt, request, None if format == "all" and not output else target, force,
                                       step=lambda message: status.update(f"{fmt}: {message}"))
                 except VerificationFailed as error:
-                    typer.echo(f"error: {error}", err=True)
+                    print(f"error: {error}", file=stream)
                     failed.append(fmt)
                     continue
-            manifests.append(manifest)
+            manifests.append(manifest.as_dict())
             if not quiet:
-                console.print(f"[green]wrote[/green] {manifest['artifact']} ({manifest['bytes'] / 1e6:.1f} MB, "
-                              f"exported in {manifest['export_seconds']:.1f} s)")
-                _print_parity(manifest)
+                console.print(f"[green]wrote[/green] {manifest.artifact} ({manifest.bytes / 1e6:.1f} MB, "
+                              f"exported in {manifest.export_seconds:.1f} s)")
+                _print_parity(manifest.parity, stream)
         if json_output:
             typer.echo(json.dumps(manifests if format == "all" else (manifests[0] if manifests else {}), indent=2))
         if failed:
@@ -165,23 +172,24 @@ def run(
     image: Path = typer.Argument(..., help="An image file."),
     top: int = typer.Option(5, "--top", "-k", min=1, help="How many classes to print."),
     threads: int = typer.Option(1, "--threads", min=1, help="Runtime threads."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ):
     """Print the top-K classes that ARTIFACT itself computes for IMAGE (in its own runtime)."""
     import numpy as np
 
-    from .data import Preprocessing, load_image
-    from .export import read_manifest
+    from .artifact.manifest import read_manifest
+    from .chatter import captured
+    from .data import load_image
     from .runtimes import load
 
     with reported_errors():
         manifest = read_manifest(artifact)
-        pre = manifest["preprocessing"]
-        preprocessing = Preprocessing(manifest["resolution"], pre["crop_pct"], pre["interpolation"],
-                                      tuple(pre["mean"]), tuple(pre["std"]))
-        pixels = preprocessing(load_image(image))[None]
-        if isinstance(manifest["batch"], int) and manifest["batch"] > 1:
-            pixels = np.repeat(pixels, manifest["batch"], axis=0)
-        print_top_classes(load(artifact, threads=threads)(pixels)[0], top)
+        pixels = manifest.preprocessing_spec()(load_image(image))[None]
+        if not manifest.dynamic_batch and manifest.batch > 1:
+            pixels = np.repeat(pixels, manifest.batch, axis=0)
+        with captured(not verbose):
+            logits = load(artifact, threads=threads)(pixels)[0]
+        print_top_classes(logits, top)
 
 
 @app.command()
@@ -191,33 +199,25 @@ def verify(
                                            help="The checkpoint it was exported from (default: the manifest's)."),
     threads: int = typer.Option(1, "--threads", min=1, help="Runtime threads."),
     json_output: bool = typer.Option(False, "--json", help="Print the parity results as JSON on stdout."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ):
     """Re-run the parity check of an existing artifact against PyTorch; exit code 1 when it fails."""
     import json
+    import sys
 
-    from .export import read_manifest, reference_model, verify_artifact
-    from .export import DYNAMIC_VERIFY_BATCHES
-    from .bench.parity import tolerance_for
-    from .model.weights import sha256
+    from .artifact.files import sha256
+    from .artifact.manifest import read_manifest
+    from .chatter import captured
+    from .export import verify_manifest
 
     with reported_errors():
         manifest = read_manifest(artifact)
-        if sha256(artifact) != manifest["sha256"]:
+        if sha256(artifact) != manifest.sha256:
             # Still verified: parity, not the hash, decides whether it computes the right thing.
             typer.echo(f"warning: {artifact} has changed since export (sha256 differs from the manifest's)", err=True)
-        recorded = manifest["weights"]
-        if recorded["kind"] == "checkpoint":
-            weights = weights or Path(recorded["path"])
-            if sha256(weights) != recorded["sha256"]:
-                raise MNV4Error(f"{weights} is not the checkpoint {artifact.name} was exported from (sha256 differs)")
-            model, preprocessing, _ = reference_model(manifest["variant"], weights, manifest["resolution"])
-        else:
-            model, preprocessing, _ = reference_model(manifest["variant"], None, manifest["resolution"],
-                                                      seed=recorded["seed"])
-        batches = DYNAMIC_VERIFY_BATCHES if manifest["batch"] == "dynamic" else (manifest["batch"],)
-        tolerance = tolerance_for(manifest["precision"], manifest.get("compute_dtype"))
-        parity = verify_artifact(artifact, model, preprocessing, tolerance, batches, threads)
-        _print_parity({"parity": parity})
+        with captured(not verbose):
+            parity = verify_manifest(artifact, manifest, weights, threads)
+        _print_parity(parity, sys.stderr)
         if json_output:
             typer.echo(json.dumps(parity, indent=2))
         if parity.get("passed") is False:
@@ -235,9 +235,10 @@ def _list(text: str, convert=str) -> tuple:
 @app.command()
 def bench(
     variant: str = typer.Option("conv_small", "--variant", "-v", help=VARIANT_HELP),
-    formats: str = typer.Option("onnx,tflite,executorch,coreml,torch", "--formats",
-                                help="Comma-separated: onnx, tflite, executorch, coreml, torch."),
-    precisions: str = typer.Option("fp32,fp16", "--precisions", help="Comma-separated: fp32, fp16 (bf16: CUDA torch)."),
+    formats: str = typer.Option(",".join([*FORMATS, TORCH]), "--formats",
+                                help=f"Comma-separated: {', '.join([*FORMATS, TORCH])}."),
+    precisions: str = typer.Option(",".join(PRECISIONS), "--precisions",
+                                   help=f"Comma-separated: {', '.join(PRECISIONS)} (bf16: CUDA torch)."),
     threads: str = typer.Option("1", "--threads", help="Comma-separated CPU thread counts, e.g. 1,2."),
     batch: Optional[str] = typer.Option(None, "--batch", help="Comma-separated batch sizes (default: 1; CUDA: 1,8,64,256)."),
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda for the PyTorch CUDA rows."),
@@ -250,6 +251,7 @@ def bench(
     compare_timm: bool = typer.Option(False, "--compare-timm", help="Also measure timm's model, exported the same way."),
     output_dir: Path = typer.Option(Path("bench-results"), "--output-dir", "-o", help="Where results and report go."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when any row failed or breaches parity (for CI)."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ):
     """Parity and latency of every format and runtime (fresh process each), next to PyTorch and timm."""
     import shlex
@@ -259,8 +261,10 @@ def bench(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .bench.run import BenchOptions, bench as run_bench, check_options, strict_failures
+    from .chatter import captured, terminal
 
-    console = Console(stderr=True)
+    stream = terminal()
+    console = Console(file=stream)
     with reported_errors():
         options = BenchOptions(
             variant=variant, formats=_list(formats), precisions=_list(precisions), threads=_list(threads, int),
@@ -270,7 +274,7 @@ def bench(
             compare_timm=compare_timm, command=shlex.join(["mnv4", *sys.argv[1:]]))
         check_options(options)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console) as progress:
+        with Progress(*columns, console=console) as progress, captured(not verbose, shown_to=stream):
             task = progress.add_task("starting", total=None)
             results = run_bench(options, output_dir, progress=lambda text, done, total: progress.update(
                 task, description=text, completed=done, total=total))
@@ -302,21 +306,20 @@ def report(
 def coreml_compare(
     artifact: Path = typer.Argument(..., help="A Core ML .mlpackage with its manifest beside it."),
     threads: int = typer.Option(1, "--threads", min=1, help="Interpreter threads."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ):
     """macOS: run ARTIFACT in Core ML (predict) and in mnv4's ML-program interpreter on the parity inputs
     and compare the two; exit code 1 when they differ by more than the artifact's parity limits."""
-    from .bench.parity import breaches, tolerance_for, verification_inputs
-    from .data import Preprocessing
-    from .export import read_manifest
+    from .artifact.manifest import read_manifest
+    from .artifact.parity import breaches, verification_inputs
+    from .chatter import captured
     from .runtimes.coreml import compare_with_predict
 
     with reported_errors():
         manifest = read_manifest(artifact)
-        pre = manifest["preprocessing"]
-        preprocessing = Preprocessing(manifest["resolution"], pre["crop_pct"], pre["interpolation"],
-                                      tuple(pre["mean"]), tuple(pre["std"]))
-        parity = compare_with_predict(artifact, verification_inputs(preprocessing), threads)
-        failures = breaches(parity, tolerance_for(manifest["precision"], manifest.get("compute_dtype")))
+        with captured(not verbose):
+            parity = compare_with_predict(artifact, verification_inputs(manifest.preprocessing_spec()), threads)
+        failures = breaches(parity, manifest.tolerance)
         typer.echo(f"interpreter vs Core ML predict on {parity.images} inputs: rel err {parity.rel_err:.2e}, "
                    f"cosine {parity.cosine:.6f}, top-1 {parity.top1_agreement:.0%} -> "
                    + ("FAIL: " + "; ".join(failures) if failures else "PASS"))

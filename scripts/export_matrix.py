@@ -11,20 +11,21 @@ import platform
 from pathlib import Path
 
 from mnv4.errors import MNV4Error
-from mnv4.export import FORMATS, PRECISIONS, ExportRequest, VerificationFailed, export
+from mnv4.artifact.formats import FORMATS, PRECISIONS
+from mnv4.export import ExportRequest, VerificationFailed, export
 from mnv4.model import PAPER_VARIANTS
 
 
 def export_row(variant: str, fmt: str, precision: str, folder: Path) -> dict:
     row = {"variant": variant, "format": fmt, "precision": precision}
-    output = folder / f"{variant}_{precision}{FORMATS[fmt]}"
+    output = folder / f"{variant}_{precision}{FORMATS[fmt].suffix}"
     try:
         manifest = export(fmt, ExportRequest(variant=variant, precision=precision), output, force=True)
     except (MNV4Error, VerificationFailed) as error:
         return {**row, "status": f"failed: {error}"}
-    parity = manifest["parity"]
-    row.update(bytes=manifest["bytes"], export_seconds=manifest["export_seconds"],
-               delegation=manifest.get("delegation"))
+    parity = manifest.parity
+    row.update(bytes=manifest.bytes, export_seconds=manifest.export_seconds,
+               delegation=manifest.facts.get("delegation"))
     if parity.get("passed") is None:
         return {**row, "status": parity["status"]}
     return {**row, "status": "pass" if parity["passed"] else "fail", "tolerance": parity["tolerance"],

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnv4.bench.parity import verification_inputs
+from mnv4.artifact.parity import verification_inputs
 from mnv4.data import photos
 from mnv4.export import reference_model
 from mnv4.model.weights import calibrate_batch_norm

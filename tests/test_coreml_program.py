@@ -14,7 +14,7 @@ from conftest import reference_for
 from test_cli import assert_one_line_error, run_cli
 from test_executorch_coreml import check_parity
 
-from mnv4.bench.parity import THRESHOLDS, breaches, compare
+from mnv4.artifact.parity import THRESHOLDS, breaches, compare
 from mnv4.errors import PlatformUnsupportedError, UnsupportedOperationError
 from mnv4.export import coreml as coreml_export
 from mnv4.model import VARIANTS

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mnv4
-from mnv4.bench.parity import THRESHOLDS, compare
+from mnv4.artifact.parity import THRESHOLDS, compare
 from mnv4.errors import UnsupportedOptionError
 from mnv4.export import coreml as coreml_export
 from mnv4.export import executorch as executorch_export
@@ -19,7 +19,7 @@ from mnv4.runtimes.executorch import ExecuTorchRunner
 
 from conftest import Reference, reference_for
 
-FP16_ARITHMETIC = THRESHOLDS["fp16-arithmetic"]  # XNNPACK fp16 computes in float16 (see bench/parity.py)
+FP16_ARITHMETIC = THRESHOLDS["fp16-arithmetic"]  # XNNPACK fp16 computes in float16 (see artifact/parity.py)
 EDGE_CASTS = {"dim_order_ops._to_dim_order_copy.default": 2}  # float32 -> float16 in, float16 -> float32 out
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from mnv4.export import reference_model
-from mnv4.export.manifest import manifest_path
+from mnv4.artifact.manifest import manifest_path
 
 from test_cli import assert_one_line_error, run_cli
 

@@ -3,7 +3,8 @@
 Slow (about an hour on 2 cores): run with `pytest -m matrix`; `scripts/export_matrix.py` prints the table."""
 import pytest
 
-from mnv4.export import FORMATS, PRECISIONS, ExportRequest, export
+from mnv4.artifact.formats import FORMATS, PRECISIONS
+from mnv4.export import ExportRequest, export
 from mnv4.model import PAPER_VARIANTS
 
 
@@ -20,8 +21,8 @@ KNOWN_FAILURES = {("conv_large", "executorch", "fp16"): "XNNPACK fp16 cosine 0.9
 def test_export_and_verify(variant, fmt, precision, tmp_path, request):
     if (variant, fmt, precision) in KNOWN_FAILURES:
         request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[variant, fmt, precision]))
-    output = tmp_path / f"model{FORMATS[fmt]}"
+    output = tmp_path / f"model{FORMATS[fmt].suffix}"
     manifest = export(fmt, ExportRequest(variant=variant, precision=precision), output)
-    assert output.exists() and manifest["bytes"] > 0
-    parity = manifest["parity"]  # Core ML too: off macOS it runs in the ML-program interpreter
+    assert output.exists() and manifest.bytes > 0
+    parity = manifest.parity  # Core ML too: off macOS it runs in the ML-program interpreter
     assert parity["passed"] is True, parity.get("failures", parity.get("status"))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from ai_edge_litert.interpreter import Interpreter
 
-from mnv4.bench.parity import compare
+from mnv4.artifact.parity import compare
 from mnv4.errors import MNV4Error, UnsupportedOptionError
 from mnv4.export import onnx as onnx_export
 from mnv4.export import tflite as tflite_export

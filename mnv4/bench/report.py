@@ -11,11 +11,11 @@ import math
 from pathlib import Path
 
 from ..errors import MissingExtraError
-from .parity import THRESHOLDS
+from ..artifact.formats import FORMATS, TORCH, TORCH_COLOR
+from ..artifact.parity import THRESHOLDS
 from .results import load_results, machine_labels, summary_rows
 
-FORMAT_COLORS = {"onnx": "#1f77b4", "tflite": "#ff7f0e", "executorch": "#2ca02c", "coreml": "#9467bd",
-                 "torch": "#8c564b"}
+FORMAT_COLORS = {**{name: row.color for name, row in FORMATS.items()}, TORCH: TORCH_COLOR}
 MACHINE_MARKERS = "os^Dv<>p"
 ZERO_ERROR = 1e-9  # where a relative error of exactly 0 is drawn on the log axis
 DPI = 144  # 1.5x pixels for sharp plots on high-density screens; shown at the figure's size in CSS pixels

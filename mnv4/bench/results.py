@@ -5,10 +5,10 @@ naming the file and the problem, because a report built from a half-understood f
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from ..artifact.files import write_json_atomically
+from ..artifact.formats import FORMATS, TORCH
 from ..errors import MNV4Error
 
 SCHEMA = "mnv4-bench/1"
@@ -28,7 +28,7 @@ PARITY_KEYS = ("rel_err", "cosine", "top1_agreement", "top5_agreement", "max_abs
 SOURCES = ("mnv4", "timm")
 STATUSES = ("ok", "parity-failed", "failed", "unavailable", "latency-not-measured")
 # Report order: the deployment formats first, the PyTorch baselines last; within torch, from plain to most tuned.
-FORMAT_ORDER = ("onnx", "tflite", "executorch", "coreml", "torch")
+FORMAT_ORDER = (*FORMATS, TORCH)
 RUNTIME_ORDER = ("torch-eager", "torch-channels_last", "torch-compile", "torch-cuda-graphs")
 PRECISION_ORDER = ("fp32", "fp16", "bf16")
 DEVICE_ORDER = ("cpu", "cuda")
@@ -120,17 +120,7 @@ def write_results(results: dict, path: str | Path) -> Path:
     """Validate, then write beside the target and rename over it, so a reader never sees half a file."""
     path = Path(path)
     validate(results, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            json.dump(results, file, indent=2, default=_builtin)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    return path
+    return write_json_atomically(results, path, default=_builtin)
 
 
 def _builtin(value):

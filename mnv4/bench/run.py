@@ -22,14 +22,16 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import MissingExtraError, MNV4Error, one_line
-from ..export import FORMATS as ARTIFACT_SUFFIXES
-from ..export import ExportRequest, artifact_bytes, export, remove_artifact
+from ..artifact.files import artifact_bytes, remove_artifact
+from ..artifact.formats import FORMATS as ARTIFACT_FORMATS
+from ..artifact.formats import TORCH
+from ..artifact.parity import breaches, compare, tolerance_for, verification_inputs
+from ..export import ExportRequest, export
 from ..runtimes import runner_class
 from .latency import summarise
-from .parity import breaches, compare, tolerance_for, verification_inputs
 from .worker import timed_batch
 
-FORMATS = (*ARTIFACT_SUFFIXES, "torch")
+FORMATS = (*ARTIFACT_FORMATS, TORCH)
 PRECISIONS = ("fp32", "fp16", "bf16")
 CPU_TORCH_MODES = ("eager", "channels_last", "compile")
 CUDA_TORCH_MODES = ("eager", "channels_last", "compile", "cuda_graphs")
@@ -136,7 +138,7 @@ def plan(options: BenchOptions) -> list[Row]:
                     for mode in CPU_TORCH_MODES if fmt == "torch" else (None,):
                         # The runtime this platform's runner is (Core ML: predict or the interpreter).
                         runtime = TORCH_RUNTIMES[mode] if fmt == "torch" else runner_class(
-                            Path(f"model{ARTIFACT_SUFFIXES[fmt]}")).runtime
+                            Path(f"model{ARTIFACT_FORMATS[fmt].suffix}")).runtime
                         rows += [Row(source, fmt, runtime, "cpu", precision, threads, batch, mode=mode)
                                  for source in sources if source == "mnv4" or precision in PEER_PRECISIONS]
     return rows
@@ -236,7 +238,7 @@ class Bench:
         return path, seconds, tolerance
 
     def _export(self, row: Row) -> tuple:
-        path = self.work / f"{row.source}_{row.format}_{row.precision}_b{row.batch}{ARTIFACT_SUFFIXES[row.format]}"
+        path = self.work / f"{row.source}_{row.format}_{row.precision}_b{row.batch}{ARTIFACT_FORMATS[row.format].suffix}"
         if row.source == "timm":
             import torch
 
@@ -250,7 +252,7 @@ class Bench:
                                                     resolution=self.preprocessing.resolution,
                                                     precision=row.precision, batch=row.batch, verify=False),
                           path, force=True)
-        return path, manifest["export_seconds"], tolerance_for(row.precision, manifest.get("compute_dtype"))
+        return path, manifest.export_seconds, manifest.tolerance
 
     @functools.cached_property
     def peer_model(self):

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import MissingExtraError, MNV4Error, PlatformUnsupportedError, one_line
 from ..runtimes.base import run_in_artifact_batches
 from .latency import time_calls
-from .parity import RANDOM_INPUTS
+from ..artifact.parity import RANDOM_INPUTS
 
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 

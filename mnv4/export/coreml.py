@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..artifact.formats import FORMATS
 from ..data import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import MissingExtraError, UnsupportedOptionError
 from .program import MAX_DYNAMIC_BATCH, export_program
@@ -15,7 +16,6 @@ from .program import MAX_DYNAMIC_BATCH, export_program
 INPUT_NAME = "pixels"
 IMAGE_INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-PRECISIONS = ("fp32", "fp16")
 MINIMUM_DEPLOYMENT_TARGET = "iOS17"
 
 
@@ -29,11 +29,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     export's maximum. The input is an NCHW float32 tensor, or with `image_input` an RGB image (a
     CVPixelBuffer on device) normalised inside the model with `mean` and `std`.
     """
-    if nhwc:
-        raise UnsupportedOptionError("--nhwc is not available for Core ML: its tensor input keeps the model's "
-                                     "NCHW layout (camera frames go in through an image input)")
-    if precision not in PRECISIONS:
-        raise UnsupportedOptionError(f"Core ML export supports precision {' or '.join(PRECISIONS)}, not {precision!r}")
+    FORMATS["coreml"].check(precision=precision, nhwc=nhwc, dynamic_batch=dynamic_batch, image_input=image_input)
     if image_input and (dynamic_batch or example.shape[0] != 1):
         raise UnsupportedOptionError("a Core ML image input is one image per prediction: export a batch of 1, "
                                      "or a tensor input for other batches")

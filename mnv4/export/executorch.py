@@ -10,13 +10,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MissingExtraError, UnsupportedOptionError
+from ..artifact.formats import FORMATS
+from ..errors import MissingExtraError
+from ..runtimes.executorch import DYNAMIC_BATCH_METHOD
 from .program import mobile_program
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
-# A constant method stored in the .pte beside `forward`, so the runner knows whether the batch axis
-# is free without a manifest.
-DYNAMIC_BATCH_METHOD = "dynamic_batch"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # ExecuTorch plans a dynamic input's memory for the largest size its range allows, at load time, so
 # the shared export's batch range (up to 1024) would reserve over half a GB for a 224px input. The
 # bound is 15 because lowering to XNNPACK re-runs torch's float32 convolution shape logic, whose
@@ -37,9 +36,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     program (run by XNNPACK) makes it NCHW. With `dynamic_batch` the .pte takes batches of 1 up to
     `max_batch` (the size ExecuTorch planned its input memory for); the runner splits larger ones.
     """
-    if precision not in PRECISIONS:
-        raise UnsupportedOptionError(f"ExecuTorch export supports precision {' or '.join(PRECISIONS)}, "
-                                     f"not {precision!r}")
+    FORMATS["executorch"].check(precision=precision, nhwc=nhwc, dynamic_batch=dynamic_batch)
     try:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
@@ -47,7 +44,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     except ImportError:
         raise MissingExtraError("ExecuTorch export", "executorch") from None
 
-    module = _Deployable(model, PRECISIONS[precision], nhwc).eval()
+    module = _Deployable(model, DTYPES[precision], nhwc).eval()
     sample = example[:DYNAMIC_EXAMPLE_BATCH] if dynamic_batch else example
     if nhwc:
         sample = sample.permute(0, 2, 3, 1).contiguous()
@@ -67,7 +64,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
         _bound(batch_size, MAX_BATCH)
     path.write_bytes(edge.to_executorch().buffer)
 
-    dtype = str(PRECISIONS[precision]).removeprefix("torch.")
+    dtype = str(DTYPES[precision]).removeprefix("torch.")
     facts = {
         "toolchain": {"torch": torch.__version__, "executorch": metadata.version("executorch")},
         "input_name": input_name,

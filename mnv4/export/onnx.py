@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import MissingExtraError, UnsupportedOptionError
+from ..artifact.formats import FORMATS
+from ..errors import MissingExtraError
 from .program import export_program
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
 BATCH_AXIS_NAME = "batch"
-PRECISIONS = ("fp32", "fp16")
 TOOLCHAIN = ("torch", "onnx", "onnxscript")
 
 # Which inputs of an op are weights. fp16 stores only these in half precision: they are nearly
@@ -33,10 +33,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     loses accuracy where onnxruntime folds small layer-scale factors (timm starts them at 1e-5) into
     fp16 convolution weights, which then underflow.
     """
-    if nhwc:
-        raise UnsupportedOptionError("--nhwc applies to TFLite only: an ONNX model's input stays NCHW")
-    if precision not in PRECISIONS:
-        raise UnsupportedOptionError(f"ONNX export supports precision {' or '.join(PRECISIONS)}, not {precision!r}")
+    FORMATS["onnx"].check(precision=precision, nhwc=nhwc, dynamic_batch=dynamic_batch)
     try:
         import onnx
         import onnxscript  # noqa: F401  (the dynamo exporter translates through it)

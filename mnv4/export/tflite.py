@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..artifact.formats import FORMATS
 from ..errors import MissingExtraError, MNV4Error, UnsupportedOptionError
 from .program import mobile_program
 
-PRECISIONS = ("fp32", "fp16")
 TOOLCHAIN = ("torch", "litert-torch", "ai-edge-litert", "ai-edge-quantizer")
 
 
@@ -25,8 +25,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     any batch: litert-torch 0.10 writes every shape and reshape constant for the example's batch, so
     the model is converted at two batches and the sizes that follow the batch are freed (`free_batch`).
     """
-    if precision not in PRECISIONS:
-        raise UnsupportedOptionError(f"TFLite export supports precision {' or '.join(PRECISIONS)}, not {precision!r}")
+    FORMATS["tflite"].check(precision=precision, nhwc=nhwc, dynamic_batch=dynamic_batch)
     try:
         import litert_torch
         from ai_edge_litert.interpreter import Interpreter

@@ -1,26 +1,16 @@
-"""One runner per runtime behind `Runner`; `load` picks it from the artifact's file name."""
+"""One runner per runtime behind `Runner`; `load` picks it from the artifact's format (artifact.formats)."""
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
 
+from ..artifact.formats import format_of
 from ..errors import MNV4Error
 from .base import Runner
 
-# suffix -> (module, class)
-RUNNERS = {
-    ".onnx": ("onnxruntime", "OnnxRuntimeRunner"),
-    ".tflite": ("litert", "LiteRTRunner"),
-    ".pte": ("executorch", "ExecuTorchRunner"),
-    ".mlpackage": ("coreml", "CoreMLRunner"),
-}
-
 
 def runner_class(path: str | Path) -> type[Runner]:
-    suffix = Path(path).suffix
-    if suffix not in RUNNERS:
-        raise MNV4Error(f"no runtime for {Path(path).name}; known artifacts: {', '.join(RUNNERS)}")
-    module, name = RUNNERS[suffix]
+    module, name = format_of(path).runner.split(":")
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
@@ -31,4 +21,4 @@ def load(path: str | Path, threads: int = 1) -> Runner:
     return runner_class(path)(path, threads=threads)
 
 
-__all__ = ["RUNNERS", "Runner", "load", "runner_class"]
+__all__ = ["Runner", "load", "runner_class"]

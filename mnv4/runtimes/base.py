@@ -8,9 +8,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..artifact.formats import LAYOUTS
 from ..errors import MNV4Error
-
-LAYOUTS = ("NCHW", "NHWC")
 
 
 class Runner(ABC):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact.parity import compare
 from ..errors import MissingExtraError, MNV4Error, PlatformUnsupportedError
 from .base import Runner, run_in_artifact_batches
 
@@ -99,10 +100,10 @@ class CoreMLProgramRunner(Runner):
                                         np.asarray(std, np.float32).reshape(1, 3, 1, 1))
 
     def _manifest_normalisation(self):
-        from ..export.manifest import read_manifest
+        from ..artifact.manifest import read_manifest
 
         try:
-            preprocessing = read_manifest(self.path)["preprocessing"]
+            preprocessing = read_manifest(self.path).preprocessing
         except MNV4Error as error:
             # Off macOS nothing else can run it: reported as not executed (never as a pass) rather than as
             # a failed export. `mnv4 verify`, with the manifest written, runs it.
@@ -137,7 +138,5 @@ CoreMLRunner = CoreMLPredictRunner if sys.platform == "darwin" else CoreMLProgra
 def compare_with_predict(path: str | Path, inputs: np.ndarray, threads: int = 1):
     """The interpreter against Core ML's own predict on the same NCHW inputs (macOS only): the Parity of
     the interpreter's logits with predict's as the reference."""
-    from ..bench.parity import compare
-
     predict = CoreMLPredictRunner(path, threads)  # refuses first off macOS
     return compare(predict(inputs), CoreMLProgramRunner(path, threads)(inputs))

@@ -7,8 +7,11 @@ import numpy as np
 import torch
 
 from ..errors import MissingExtraError
-from ..export.executorch import DYNAMIC_BATCH_METHOD
 from .base import Runner, artifact_layout, run_in_artifact_batches
+
+# A constant method the exporter stores in the .pte beside `forward`, so that the runner knows whether the
+# batch axis is free without a manifest.
+DYNAMIC_BATCH_METHOD = "dynamic_batch"
 
 # ExecuTorch has one threadpool per process, and each XNNPACK delegate keeps a pointer to the pool
 # that existed when its method was loaded; resizing the pool frees that one. So the pool is resized

@@ -1,6 +1,6 @@
 """Parity of an artifact's logits with the PyTorch reference: the metrics and the pass/fail rule.
 
-Knows nothing of formats: it sees two runners (reference and candidate) through the Runner interface."""
+Knows nothing of formats or runtimes: it sees two runners (reference and candidate) through the Runner interface."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -26,6 +26,8 @@ def tolerance_for(precision: str, compute_dtype: str | None) -> str:
     """Which thresholds apply: by precision, and for fp16 by whether the arithmetic is float16 too."""
     return "fp16-arithmetic" if precision == "fp16" and compute_dtype == "float16" else precision
 RANDOM_INPUTS = 2
+# A dynamic-batch artifact is verified at two batches: one image, and several at once.
+DYNAMIC_VERIFY_BATCHES = (1, 4)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,76 @@
+"""The one table of artifact formats. Every other list of formats — CLI choices and help, the exporters'
+option checks, the runner picked for a file, the bench's formats, the report's order and colours, timm's peer
+exports — derives from `FORMATS`; a new format is one row here plus its exporter and runner modules."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import MNV4Error, UnsupportedOptionError
+
+PRECISIONS = ("fp32", "fp16")
+LAYOUTS = ("NCHW", "NHWC")
+BATCH_MODES = ("fixed", "dynamic")
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str  # what users type: --format onnx
+    label: str  # what messages and reports say
+    suffix: str  # the artifact's file (or .mlpackage directory) suffix
+    extra: str  # pip install 'mnv4[extra]' brings its toolchain and runtime
+    runner: str  # "module:Class" under mnv4.runtimes
+    color: str  # the report's colour for its rows
+    precisions: tuple[str, ...] = PRECISIONS
+    layouts: tuple[str, ...] = ("NCHW",)
+    batch_modes: tuple[str, ...] = BATCH_MODES
+    image_input: bool = False  # an RGB image input with the normalisation inside (--image-input)
+
+    @property
+    def exporter(self) -> str:
+        """The module under mnv4.export that writes this format."""
+        return self.name
+
+    def check(self, *, precision: str = "fp32", nhwc: bool = False, dynamic_batch: bool = False,
+              image_input: bool = False) -> None:
+        """Refuse, in one line, an option this format cannot honour."""
+        if precision not in self.precisions:
+            raise UnsupportedOptionError(f"{self.label} export supports precision {' or '.join(self.precisions)}, "
+                                         f"not {precision!r}")
+        if nhwc and "NHWC" not in self.layouts:
+            raise UnsupportedOptionError(
+                f"--nhwc is not available for {self.label}: its input stays NCHW (NHWC inputs: "
+                f"{', '.join(f.name for f in FORMATS.values() if 'NHWC' in f.layouts)})")
+        if dynamic_batch and "dynamic" not in self.batch_modes:
+            raise UnsupportedOptionError(f"--dynamic-batch is not available for {self.label}")
+        if image_input and not self.image_input:
+            raise UnsupportedOptionError(f"--image-input is only for Core ML (an image input type); {self.name} "
+                                         f"takes the normalised tensor")
+
+
+FORMATS: dict[str, Format] = {row.name: row for row in (
+    Format("onnx", "ONNX", ".onnx", "onnx", "onnxruntime:OnnxRuntimeRunner", "#1f77b4"),
+    Format("tflite", "TFLite", ".tflite", "tflite", "litert:LiteRTRunner", "#ff7f0e", layouts=LAYOUTS),
+    Format("executorch", "ExecuTorch", ".pte", "executorch", "executorch:ExecuTorchRunner", "#2ca02c",
+           layouts=LAYOUTS),
+    Format("coreml", "Core ML", ".mlpackage", "coreml", "coreml:CoreMLRunner", "#9467bd", image_input=True),
+)}
+# PyTorch itself, measured beside the artifacts by the bench: a reference, not an artifact format.
+TORCH = "torch"
+TORCH_COLOR = "#8c564b"
+
+
+def get_format(name: str) -> Format:
+    if name not in FORMATS:
+        raise MNV4Error(f"unknown format {name!r}; choose one of: {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def format_of(path: str | Path) -> Format:
+    """The format of an artifact, from its file name."""
+    suffix = Path(path).suffix
+    for row in FORMATS.values():
+        if row.suffix == suffix:
+            return row
+    raise MNV4Error(f"no runtime for {Path(path).name}; known artifacts: "
+                    f"{', '.join(row.suffix for row in FORMATS.values())}")

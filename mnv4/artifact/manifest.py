@@ -1,0 +1,134 @@
+"""The manifest beside every artifact, at `<artifact path>.json`: one typed object, written and read here
+alone, and validated on read so that a damaged or foreign manifest is an error naming the file and the key.
+
+The JSON is flat: the fields below, then what the format's exporter recorded (input and output names,
+layout, shape and dtypes, opset, delegation, ...), then `parity`."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Optional, Union
+
+from ..data import Preprocessing
+from ..errors import MNV4Error
+from .files import write_json_atomically
+from .formats import FORMATS, PRECISIONS
+from .parity import DYNAMIC_VERIFY_BATCHES, tolerance_for
+
+SCHEMA = 1
+DYNAMIC = "dynamic"  # the manifest's batch of an artifact whose batch axis is free
+
+
+def manifest_path(artifact: str | Path) -> Path:
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
+
+
+@dataclass
+class Manifest:
+    format: str
+    artifact: str  # the artifact's file name (the manifest sits beside it)
+    sha256: str
+    bytes: int
+    variant: str
+    resolution: int
+    batch: Union[int, str]  # a fixed batch size, or DYNAMIC
+    precision: str
+    num_classes: int
+    preprocessing: dict  # crop_pct, interpolation, mean, std: timm's eval transform
+    weights: dict  # kind "checkpoint" (path, sha256) or "seeded-calibrated" (seed, logit scale)
+    versions: dict
+    export_seconds: float
+    facts: dict = field(default_factory=dict)  # the exporter's record of the artifact's interface
+    parity: dict = field(default_factory=dict)
+    schema: int = SCHEMA
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return self.batch == DYNAMIC
+
+    @property
+    def compute_dtype(self) -> Optional[str]:
+        return self.facts.get("compute_dtype")
+
+    @property
+    def tolerance(self) -> str:
+        """The name of the parity limits this artifact is held to."""
+        return tolerance_for(self.precision, self.compute_dtype)
+
+    @property
+    def verify_batches(self) -> tuple[int, ...]:
+        return DYNAMIC_VERIFY_BATCHES if self.dynamic_batch else (self.batch,)
+
+    def preprocessing_spec(self) -> Preprocessing:
+        pre = self.preprocessing
+        return Preprocessing(self.resolution, pre["crop_pct"], pre["interpolation"], tuple(pre["mean"]),
+                             tuple(pre["std"]))
+
+    def as_dict(self) -> dict:
+        document = {"schema": self.schema}
+        document.update({f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_TOP_LEVEL})
+        return {**document, **self.facts, "parity": self.parity}
+
+    def write(self, path: str | Path) -> Path:
+        """Write the manifest of the artifact at `path` (beside it)."""
+        return write_json_atomically(self.as_dict(), manifest_path(path))
+
+    @classmethod
+    def from_dict(cls, document: object, source: str) -> "Manifest":
+        if not isinstance(document, dict):
+            raise MNV4Error(f"manifest {source} is not a JSON object")
+        for key, check in _CHECKS.items():
+            if key not in document:
+                raise MNV4Error(f"manifest {source} is missing the key {key!r}")
+            if not check(document[key]):
+                raise MNV4Error(f"manifest {source} has a bad value for {key!r}: {document[key]!r}")
+        for key in _PREPROCESSING_KEYS:
+            if key not in document["preprocessing"]:
+                raise MNV4Error(f"manifest {source} is missing the key 'preprocessing.{key}'")
+        if document["schema"] != SCHEMA:
+            raise MNV4Error(f"manifest {source} has schema {document['schema']!r}; this mnv4 reads schema {SCHEMA}")
+        named = {f.name for f in fields(cls)} - _NOT_TOP_LEVEL
+        return cls(**{key: document[key] for key in named if key in document},
+                   facts={key: value for key, value in document.items() if key not in named | _NOT_TOP_LEVEL},
+                   parity=document.get("parity", {}), schema=document["schema"])
+
+
+_NOT_TOP_LEVEL = {"facts", "parity", "schema"}
+_PREPROCESSING_KEYS = ("crop_pct", "interpolation", "mean", "std")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+_CHECKS = {
+    "schema": lambda v: isinstance(v, int),
+    "format": lambda v: v in FORMATS,
+    "artifact": lambda v: isinstance(v, str) and bool(v),
+    "sha256": lambda v: isinstance(v, str) and len(v) == 64,
+    "bytes": lambda v: isinstance(v, int) and v >= 0,
+    "variant": lambda v: isinstance(v, str),
+    "resolution": _positive_int,
+    "batch": lambda v: v == DYNAMIC or _positive_int(v),
+    "precision": lambda v: v in PRECISIONS,
+    "num_classes": _positive_int,
+    "preprocessing": lambda v: isinstance(v, dict),
+    "weights": lambda v: isinstance(v, dict) and isinstance(v.get("kind"), str),
+    "versions": lambda v: isinstance(v, dict),
+    "export_seconds": lambda v: isinstance(v, (int, float)),
+}
+
+
+def read_manifest(artifact: str | Path) -> Manifest:
+    path = manifest_path(artifact)
+    if not path.is_file():
+        raise MNV4Error(f"no manifest for {artifact} (expected {path}); export it with `mnv4 export`")
+    try:
+        document = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise MNV4Error(f"manifest {path} is not valid JSON: {error}") from None
+    except OSError as error:
+        raise MNV4Error(f"cannot read manifest {path}: {error.strerror or error}") from None
+    return Manifest.from_dict(document, str(path))

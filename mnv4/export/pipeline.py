@@ -1,0 +1,134 @@
+"""`export`: model -> one artifact + its manifest, verified in the artifact's own runtime.
+
+The artifact is written under a partial name beside the output and published only after it exported and
+verified, so a failed or interrupted export leaves nothing at the output path."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..artifact.files import artifact_bytes, partial_path, publish, remove_artifact, sha256
+from ..artifact.formats import FORMATS, PRECISIONS, get_format
+from ..artifact.manifest import DYNAMIC, Manifest, manifest_path
+from ..artifact.parity import DYNAMIC_VERIFY_BATCHES, tolerance_for
+from ..errors import MNV4Error
+from .verify import reference_model, verify_artifact
+
+
+class VerificationFailed(Exception):
+    """The artifact computes something other than the PyTorch model (exit code 1, not a usage error)."""
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    variant: str
+    weights: Optional[Path] = None
+    resolution: Optional[int] = None
+    precision: str = "fp32"
+    batch: int = 1
+    dynamic_batch: bool = False
+    nhwc: bool = False
+    image_input: bool = False  # Core ML only: an RGB image input with the normalisation inside the model
+    verify: bool = True
+    threads: int = 1
+
+
+def default_output(request: ExportRequest, fmt: str, resolution: int) -> Path:
+    parts = [f"mnv4_{request.variant}", f"r{resolution}", request.precision]
+    parts += ["nhwc"] if request.nhwc else []
+    parts += ["image"] if request.image_input else []
+    parts += ["dynamic"] if request.dynamic_batch else ([f"b{request.batch}"] if request.batch != 1 else [])
+    return Path("_".join(parts) + FORMATS[fmt].suffix)
+
+
+def check_request(fmt: str, request: ExportRequest) -> None:
+    """Every option checked against the format table before any work."""
+    if fmt not in FORMATS:
+        raise MNV4Error(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}, all")
+    if request.precision not in PRECISIONS:
+        raise MNV4Error(f"unknown precision {request.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if request.batch < 1:
+        raise MNV4Error(f"--batch must be at least 1, got {request.batch}")
+    get_format(fmt).check(precision=request.precision, nhwc=request.nhwc, dynamic_batch=request.dynamic_batch,
+                          image_input=request.image_input)
+
+
+def export(fmt: str, request: ExportRequest, output: Optional[Path] = None, force: bool = False,
+           step: Callable[[str], None] = lambda message: None) -> Manifest:
+    """Export, verify, and move the artifact and its manifest into place; returns the manifest."""
+    check_request(fmt, request)
+    artifact_format = FORMATS[fmt]
+    step(f"building {request.variant}")
+    model, preprocessing, weights = reference_model(request.variant, request.weights, request.resolution)
+    output = Path(output or default_output(request, fmt, preprocessing.resolution))
+    if output.suffix != artifact_format.suffix:
+        raise MNV4Error(f"a {fmt} artifact must end in {artifact_format.suffix}: {output}")
+    if (output.exists() or manifest_path(output).exists()) and not force:
+        raise MNV4Error(f"{output} exists; pass --force to overwrite it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(output)
+    example_batch = max(2, request.batch) if request.dynamic_batch else request.batch
+    example = torch.from_numpy(np.random.default_rng(0).standard_normal(
+        (example_batch, 3, preprocessing.resolution, preprocessing.resolution)).astype(np.float32))
+    exporter = importlib.import_module(f"mnv4.export.{artifact_format.exporter}")
+    try:
+        step(f"exporting {fmt} ({request.precision})")
+        started = time.perf_counter()
+        # Toolchains print their own progress on stdout, which belongs to `mnv4 export --json`.
+        with contextlib.redirect_stdout(sys.stderr):
+            facts = exporter.export(model, example, partial, precision=request.precision,
+                                    dynamic_batch=request.dynamic_batch, nhwc=request.nhwc,
+                                    **({"image_input": True, "mean": preprocessing.mean, "std": preprocessing.std}
+                                       if request.image_input else {}))
+        export_seconds = time.perf_counter() - started
+        verification = {"passed": None, "status": "skipped (--no-verify)"}
+        if request.verify:
+            step(f"verifying {fmt} in its runtime on photos")
+            batches = DYNAMIC_VERIFY_BATCHES if request.dynamic_batch else (request.batch,)
+            tolerance = tolerance_for(request.precision, facts.get("compute_dtype"))
+            verification = verify_artifact(partial, model, preprocessing, tolerance, batches, request.threads,
+                                           _image_input_runner(preprocessing) if request.image_input else None)
+        manifest = Manifest(
+            format=fmt, artifact=output.name, sha256=sha256(partial), bytes=artifact_bytes(partial),
+            variant=request.variant, resolution=preprocessing.resolution,
+            batch=DYNAMIC if request.dynamic_batch else request.batch, precision=request.precision,
+            num_classes=model.num_classes,
+            preprocessing={"crop_pct": preprocessing.crop_pct, "interpolation": preprocessing.interpolation,
+                           "mean": list(preprocessing.mean), "std": list(preprocessing.std)},
+            weights=weights, versions={"mnv4": _version(), "torch": torch.__version__, **facts.pop("toolchain", {})},
+            export_seconds=round(export_seconds, 2), facts=facts, parity=verification)
+        if verification.get("passed") is False:
+            raise VerificationFailed(f"{fmt} {request.precision} artifact fails parity: "
+                                     + "; ".join(verification["failures"]))
+        partial_manifest = manifest.write(partial)
+        remove_artifact(manifest_path(output))
+        publish(partial, output)
+        publish(partial_manifest, manifest_path(output))
+        return manifest
+    finally:
+        remove_artifact(partial)
+        remove_artifact(manifest_path(partial))
+
+
+def _image_input_runner(preprocessing):
+    """An image-input Core ML artifact is verified by the program interpreter, on every platform: it takes
+    the exact pixels the normalised inputs came from, where Core ML's predict would need 8-bit images.
+    Its mean and std come from here because the manifest is written only after verification."""
+    from ..runtimes.coreml import CoreMLProgramRunner
+
+    return functools.partial(CoreMLProgramRunner, mean=preprocessing.mean, std=preprocessing.std)
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

@@ -1,0 +1,68 @@
+"""The one verification path: the PyTorch reference an artifact must reproduce, and the artifact's parity
+with it in the artifact's own runtime. `export` verifies a fresh artifact with the model in memory;
+`mnv4 verify` and the bench rebuild the reference from the manifest (`verify_manifest`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..artifact.files import sha256
+from ..artifact.manifest import Manifest
+from ..artifact.parity import RANDOM_INPUTS, verification_inputs, verify
+from ..errors import MNV4Error, PlatformUnsupportedError
+from ..runtimes import runner_class
+from ..runtimes.torch import TorchRunner
+
+
+def reference_model(variant: str, weights: Optional[Path], resolution: Optional[int], seed: int = 0):
+    """The PyTorch model an artifact must reproduce, its preprocessing, and how its weights were obtained."""
+    from ..model.factory import create_model
+    from ..model.weights import seeded_calibrated_weights
+
+    model = create_model(variant, pretrained=weights or False)
+    preprocessing = model.preprocessing.at(resolution or model.preprocessing.resolution)
+    if weights:
+        facts = {"kind": "checkpoint", "path": str(Path(weights).resolve()), "sha256": sha256(weights)}
+    else:
+        # Mirrored photos and other random-pixel images than the verification ones: the statistics cover
+        # both kinds of verification input without being measured on those inputs themselves.
+        calibration = verification_inputs(preprocessing, seed=seed + 1)
+        calibration[:-RANDOM_INPUTS] = calibration[:-RANDOM_INPUTS, ..., ::-1].copy()
+        facts = seeded_calibrated_weights(model, torch.from_numpy(calibration), seed)
+    return model, preprocessing, facts
+
+
+def verify_artifact(artifact: Path, model, preprocessing, tolerance: str, batch_sizes, threads: int,
+                    runner_factory: Optional[Callable] = None) -> dict:
+    """Parity of `artifact`, run by `runner_factory` (default: the runner `mnv4.runtimes` picks for it)."""
+    try:
+        candidate = (runner_factory or runner_class(artifact))(artifact, threads=threads)
+    except PlatformUnsupportedError as error:
+        return {"passed": None, "status": f"not executed on this platform: {error}"}
+    return verify(TorchRunner(model, threads=threads), candidate, preprocessing, tolerance, tuple(batch_sizes))
+
+
+def manifest_reference(artifact: Path, manifest: Manifest, weights: Optional[Path] = None):
+    """The reference model a manifest names: its checkpoint (or `weights`, which must be the same file by
+    sha256), or the seeded weights it was exported with."""
+    recorded = manifest.weights
+    if recorded["kind"] == "checkpoint":
+        weights = Path(weights or recorded["path"])
+        if not weights.is_file():
+            raise MNV4Error(f"the checkpoint {artifact.name} was exported from is not at {weights}; pass --weights")
+        if sha256(weights) != recorded["sha256"]:
+            raise MNV4Error(f"{weights} is not the checkpoint {artifact.name} was exported from (sha256 differs)")
+        model, preprocessing, _ = reference_model(manifest.variant, weights, manifest.resolution)
+    else:
+        model, preprocessing, _ = reference_model(manifest.variant, None, manifest.resolution,
+                                                  seed=recorded.get("seed", 0))
+    return model, preprocessing
+
+
+def verify_manifest(artifact: Path, manifest: Manifest, weights: Optional[Path] = None, threads: int = 1) -> dict:
+    """Parity of an exported artifact against the reference its manifest names, at the batches it was
+    verified at on export and with the limits of its precision."""
+    model, preprocessing = manifest_reference(artifact, manifest, weights)
+    return verify_artifact(artifact, model, preprocessing, manifest.tolerance, manifest.verify_batches, threads)
