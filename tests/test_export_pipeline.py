@@ -137,14 +137,24 @@ def test_missing_backend_names_the_extra(tmp_path):
 
 
 def test_tflite_dynamic_batch_fp16_nhwc_is_verified_at_two_batches(tmp_path):
-    """Also proves that stdout holds only the JSON: litert-torch and ai-edge-quantizer print progress."""
+    """Also proves that stdout holds only the JSON and stderr only mnv4's summary: litert-torch,
+    ai-edge-quantizer, absl, oneDNN and XNNPACK print progress and notices of their own."""
     artifact = tmp_path / "small.tflite"
     result = run_cli("export", "--format", "tflite", "--variant", "conv_small", "--dynamic-batch", "--nhwc",
-                     "--precision", "fp16", "--output", artifact, "--json", "--quiet")
+                     "--precision", "fp16", "--output", artifact, "--json")
     assert result.returncode == 0, result.stderr
+    summary = result.stderr.strip().splitlines()
+    assert len(summary) == 2, result.stderr
+    assert summary[0].startswith("wrote small.tflite (") and "PASS" in summary[1]
     manifest = json.loads(result.stdout)
     assert manifest["input_shape"] == [-1, 224, 224, 3] and manifest["batch"] == "dynamic"
     parity = manifest["parity"]
     assert parity["passed"] is True and parity["tolerance"] == "fp16"
     assert {"batch_1", "batch_4"} <= set(parity)
     assert parity["batch_4"]["all"]["cosine"] >= 0.999
+
+    # The interpreter's own notice (XNNPACK delegate created) only with --verbose.
+    quiet, verbose = run_cli("verify", artifact), run_cli("verify", artifact, "--verbose")
+    assert quiet.returncode == 0 and verbose.returncode == 0, quiet.stderr + verbose.stderr
+    assert "XNNPACK" in verbose.stderr and "XNNPACK" not in quiet.stderr
+    assert len(quiet.stderr.strip().splitlines()) == 1 and "PASS" in quiet.stderr

@@ -4,12 +4,12 @@ The tables mirror the official TensorFlow block specs (tensorflow/models, offici
 backbones/mobilenet.py: MNV4ConvSmall_BLOCK_SPECS and friends), which timm's `_gen_mobilenet_v4` encodes
 as strings. The stem and the 1x1 -> 1280 head conv are fixed parts of the network; the 1x1 -> 960 conv
 that TensorFlow lists before global pooling is the last stage here, as in timm (it has its own key,
-`blocks.<last>.0`, in timm's checkpoints). Within a stage only the first block may stride.
+`blocks.<last>.0`, in timm's checkpoints). Within a stage only the first block may stride. A run of
+identical blocks is written once with its count, `*repeat(block, n)`, as timm's `_r<n>` does.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Union
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 
@@ -57,7 +57,14 @@ class MQA:
     stride: int = 1
 
 
-Block = Union[ConvBN, FusedIB, UIB, MQA]
+Block = ConvBN | FusedIB | UIB | MQA
+
+
+def repeat(block: Block, count: int) -> tuple[Block, ...]:
+    """`count` copies of one row of a stage table, to be unpacked into the stage."""
+    if count < 2:
+        raise ValueError(f"a repeated row needs a count of at least 2, got {count} for {block!r}")
+    return (block,) * count
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,13 @@ class VariantSpec:
     head_hidden: int = 1280
     pretrained_tags: tuple[str, ...] = field(default=())
 
+    def __post_init__(self) -> None:
+        for index, stage in enumerate(self.stages):
+            for position, block in enumerate(stage[1:], start=1):
+                if block.stride > 1:
+                    raise ValueError(f"{self.name}: stage {index} block {position} strides ({block!r}); "
+                                     "within a stage only the first block may stride")
+
 
 def _default(resolution: int, crop_pct: float, inception: bool = False) -> Preprocessing:
     if inception:
@@ -93,10 +107,7 @@ CONV_SMALL = VariantSpec(
         (ConvBN(kernel=3, stride=2, out=96), ConvBN(kernel=1, stride=1, out=64)),
         (
             UIB(start=5, mid=5, stride=2, out=96, expand=3.0),  # ExtraDW
-            UIB(start=0, mid=3, stride=1, out=96, expand=2.0),  # IB
-            UIB(start=0, mid=3, stride=1, out=96, expand=2.0),  # IB
-            UIB(start=0, mid=3, stride=1, out=96, expand=2.0),  # IB
-            UIB(start=0, mid=3, stride=1, out=96, expand=2.0),  # IB
+            *repeat(UIB(start=0, mid=3, stride=1, out=96, expand=2.0), 4),  # IB
             UIB(start=3, mid=0, stride=1, out=96, expand=4.0),  # ConvNeXt
         ),
         (
@@ -104,8 +115,7 @@ CONV_SMALL = VariantSpec(
             UIB(start=5, mid=5, stride=1, out=128, expand=4.0),  # ExtraDW
             UIB(start=0, mid=5, stride=1, out=128, expand=4.0),  # IB
             UIB(start=0, mid=5, stride=1, out=128, expand=3.0),  # IB
-            UIB(start=0, mid=3, stride=1, out=128, expand=4.0),  # IB
-            UIB(start=0, mid=3, stride=1, out=128, expand=4.0),  # IB
+            *repeat(UIB(start=0, mid=3, stride=1, out=128, expand=4.0), 2),  # IB
         ),
         (HEAD_CONV,),
     ),
@@ -124,8 +134,7 @@ CONV_MEDIUM = VariantSpec(
         ),
         (
             UIB(start=3, mid=5, stride=2, out=160, expand=6.0),  # ExtraDW
-            UIB(start=3, mid=3, stride=1, out=160, expand=4.0),  # ExtraDW
-            UIB(start=3, mid=3, stride=1, out=160, expand=4.0),  # ExtraDW
+            *repeat(UIB(start=3, mid=3, stride=1, out=160, expand=4.0), 2),  # ExtraDW
             UIB(start=3, mid=5, stride=1, out=160, expand=4.0),  # ExtraDW
             UIB(start=3, mid=3, stride=1, out=160, expand=4.0),  # ExtraDW
             UIB(start=3, mid=0, stride=1, out=160, expand=4.0),  # ConvNeXt
@@ -135,14 +144,12 @@ CONV_MEDIUM = VariantSpec(
         (
             UIB(start=5, mid=5, stride=2, out=256, expand=6.0),  # ExtraDW
             UIB(start=5, mid=5, stride=1, out=256, expand=4.0),  # ExtraDW
-            UIB(start=3, mid=5, stride=1, out=256, expand=4.0),  # ExtraDW
-            UIB(start=3, mid=5, stride=1, out=256, expand=4.0),  # ExtraDW
+            *repeat(UIB(start=3, mid=5, stride=1, out=256, expand=4.0), 2),  # ExtraDW
             UIB(start=0, mid=0, stride=1, out=256, expand=4.0),  # FFN
             UIB(start=3, mid=0, stride=1, out=256, expand=4.0),  # ConvNeXt
             UIB(start=3, mid=5, stride=1, out=256, expand=2.0),  # ExtraDW
             UIB(start=5, mid=5, stride=1, out=256, expand=4.0),  # ExtraDW
-            UIB(start=0, mid=0, stride=1, out=256, expand=4.0),  # FFN
-            UIB(start=0, mid=0, stride=1, out=256, expand=4.0),  # FFN
+            *repeat(UIB(start=0, mid=0, stride=1, out=256, expand=4.0), 2),  # FFN
             UIB(start=5, mid=0, stride=1, out=256, expand=2.0),  # ConvNeXt
         ),
         (HEAD_CONV,),
@@ -162,31 +169,20 @@ CONV_LARGE = VariantSpec(
         ),
         (
             UIB(start=3, mid=5, stride=2, out=192, expand=4.0),  # ExtraDW
-            UIB(start=3, mid=3, stride=1, out=192, expand=4.0),  # ExtraDW
-            UIB(start=3, mid=3, stride=1, out=192, expand=4.0),  # ExtraDW
-            UIB(start=3, mid=3, stride=1, out=192, expand=4.0),  # ExtraDW
+            *repeat(UIB(start=3, mid=3, stride=1, out=192, expand=4.0), 3),  # ExtraDW
             UIB(start=3, mid=5, stride=1, out=192, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=3, stride=1, out=192, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=3, stride=1, out=192, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=3, stride=1, out=192, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=3, stride=1, out=192, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=3, stride=1, out=192, expand=4.0),  # ExtraDW
+            *repeat(UIB(start=5, mid=3, stride=1, out=192, expand=4.0), 5),  # ExtraDW
             UIB(start=3, mid=0, stride=1, out=192, expand=4.0),  # ConvNeXt
         ),
         (
             UIB(start=5, mid=5, stride=2, out=512, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=5, stride=1, out=512, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=5, stride=1, out=512, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=5, stride=1, out=512, expand=4.0),  # ExtraDW
+            *repeat(UIB(start=5, mid=5, stride=1, out=512, expand=4.0), 3),  # ExtraDW
             UIB(start=5, mid=0, stride=1, out=512, expand=4.0),  # ConvNeXt
             UIB(start=5, mid=3, stride=1, out=512, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=0, stride=1, out=512, expand=4.0),  # ConvNeXt
-            UIB(start=5, mid=0, stride=1, out=512, expand=4.0),  # ConvNeXt
+            *repeat(UIB(start=5, mid=0, stride=1, out=512, expand=4.0), 2),  # ConvNeXt
             UIB(start=5, mid=3, stride=1, out=512, expand=4.0),  # ExtraDW
             UIB(start=5, mid=5, stride=1, out=512, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=0, stride=1, out=512, expand=4.0),  # ConvNeXt
-            UIB(start=5, mid=0, stride=1, out=512, expand=4.0),  # ConvNeXt
-            UIB(start=5, mid=0, stride=1, out=512, expand=4.0),  # ConvNeXt
+            *repeat(UIB(start=5, mid=0, stride=1, out=512, expand=4.0), 3),  # ConvNeXt
         ),
         (HEAD_CONV,),
     ),
@@ -220,8 +216,7 @@ HYBRID_MEDIUM = VariantSpec(
         (
             UIB(start=5, mid=5, stride=2, out=256, expand=6.0),  # ExtraDW
             UIB(start=5, mid=5, stride=1, out=256, expand=4.0),  # ExtraDW
-            UIB(start=3, mid=5, stride=1, out=256, expand=4.0),  # ExtraDW
-            UIB(start=3, mid=5, stride=1, out=256, expand=4.0),  # ExtraDW
+            *repeat(UIB(start=3, mid=5, stride=1, out=256, expand=4.0), 2),  # ExtraDW
             UIB(start=0, mid=0, stride=1, out=256, expand=2.0),  # FFN
             UIB(start=3, mid=5, stride=1, out=256, expand=2.0),  # ExtraDW
             UIB(start=0, mid=0, stride=1, out=256, expand=2.0),  # FFN
@@ -255,12 +250,9 @@ HYBRID_LARGE = VariantSpec(
         ),
         (
             UIB(start=3, mid=5, stride=2, out=192, expand=4.0),  # ExtraDW
-            UIB(start=3, mid=3, stride=1, out=192, expand=4.0),  # ExtraDW
-            UIB(start=3, mid=3, stride=1, out=192, expand=4.0),  # ExtraDW
-            UIB(start=3, mid=3, stride=1, out=192, expand=4.0),  # ExtraDW
+            *repeat(UIB(start=3, mid=3, stride=1, out=192, expand=4.0), 3),  # ExtraDW
             UIB(start=3, mid=5, stride=1, out=192, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=3, stride=1, out=192, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=3, stride=1, out=192, expand=4.0),  # ExtraDW
+            *repeat(UIB(start=5, mid=3, stride=1, out=192, expand=4.0), 2),  # ExtraDW
             MQA(heads=8, key_dim=48, kv_stride=2, out=192),
             UIB(start=5, mid=3, stride=1, out=192, expand=4.0),  # ExtraDW
             MQA(heads=8, key_dim=48, kv_stride=2, out=192),
@@ -272,13 +264,10 @@ HYBRID_LARGE = VariantSpec(
         ),
         (
             UIB(start=5, mid=5, stride=2, out=512, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=5, stride=1, out=512, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=5, stride=1, out=512, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=5, stride=1, out=512, expand=4.0),  # ExtraDW
+            *repeat(UIB(start=5, mid=5, stride=1, out=512, expand=4.0), 3),  # ExtraDW
             UIB(start=5, mid=0, stride=1, out=512, expand=4.0),  # ConvNeXt
             UIB(start=5, mid=3, stride=1, out=512, expand=4.0),  # ExtraDW
-            UIB(start=5, mid=0, stride=1, out=512, expand=4.0),  # ConvNeXt
-            UIB(start=5, mid=0, stride=1, out=512, expand=4.0),  # ConvNeXt
+            *repeat(UIB(start=5, mid=0, stride=1, out=512, expand=4.0), 2),  # ConvNeXt
             UIB(start=5, mid=3, stride=1, out=512, expand=4.0),  # ExtraDW
             UIB(start=5, mid=5, stride=1, out=512, expand=4.0),  # ExtraDW
             MQA(heads=8, key_dim=64, kv_stride=1, out=512),
