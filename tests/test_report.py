@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from mnv4.bench.report import merge, render_markdown, write_report
+from mnv4.bench.report import merge, render_html, render_markdown, write_report
+from mnv4.bench.report.document import HOW_TO_READ
 from mnv4.bench.results import SCHEMA, load_results, write_results
 from mnv4.errors import MissingExtraError, MNV4Error
 
@@ -212,6 +213,32 @@ def test_report_has_a_clear_line_for_a_results_file_with_no_latency(linux):
     linux["rows"] = [row for row in linux["rows"] if row["latency_ms"] is None and row["parity"] is None]
     md = render_markdown([linux])
     assert "No row has a latency measurement." in md and "No row has a parity measurement or an artifact." in md
+
+
+def test_the_headline_comes_first_with_the_fastest_row_per_format_and_the_verdicts(linux, mac):
+    # At 2 threads ONNX and PyTorch are faster still; ONNX's speed-up is over PyTorch eager at 2 threads, not at 1.
+    linux["rows"] += [row("onnx", "onnxruntime", 2.5, threads=2, parity=parity(3.0e-6), ratio=0.97),
+                      row("torch", "torch-eager", 5.0, threads=2)]
+    md = render_markdown([linux, mac])
+    assert md.index("# MobileNetV4 benchmark") < md.index("## Headline") < md.index(HOW_TO_READ[0]) \
+        < md.index("## Machines")
+    linux_headline, mac_headline = md.split("## How to read this report")[0].split("### ")[1:]
+    assert linux_headline.startswith("linux-epyc: conv_small at 224 px") and mac_headline.startswith("mac-m3: conv_small")
+    assert [line for line in linux_headline.splitlines() if line.startswith("| ")][1:] == [
+        "| onnx | cpu | onnxruntime | fp32 | 2 | 1 | 2.50 | 400 | 2.00× | 0.97× |",
+        "| torch | cpu | torch-eager | fp32 | 2 | 1 | 5.00 | 200 | 1.00× | — |",
+        "| torch | cuda | torch-cuda-graphs | fp16 | — | 64 | 2.95 | 21695 | — | 0.90× |"]
+    assert "Not timed within parity: tflite on cpu (parity-failed); executorch on cpu (unavailable); coreml on cpu " \
+           "(latency-not-measured)." in linux_headline
+    assert "Parity: 10 of 11 compared rows pass; failing: mnv4 tflite/litert fp16 1 threads batch 1 (rel err 8.62e-02, " \
+           "cosine 0.995100, fp16 limits)." in linux_headline
+    assert "ours/timm: 0.90× to 0.97× over 5 configuration(s)" in linux_headline
+    # Core ML fp16 (within its fp16-arithmetic limits) beats fp32; no timm rows, so no ours/timm line.
+    assert "| coreml | cpu | coreml | fp16 | 1 | 1 | 0.980 | 1020 | 6.53× | — |" in mac_headline
+    assert "Parity: 2 of 2 compared rows pass." in mac_headline and "ours/timm:" not in mac_headline
+    page = render_html([linux, mac])
+    assert page.index("<h2>Headline</h2>") < page.index("<h2>How to read this report</h2>")
+    assert '<td class="num">2.00×</td>' in page and "Parity: 10 of 11 compared rows pass; failing:" in page
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -67,10 +67,12 @@ def breaches(parity: Parity, tolerance: str) -> list[str]:
     """What exceeds the thresholds, each saying by how much; empty when parity holds."""
     limits = THRESHOLDS[tolerance]
     found = []
-    if parity.rel_err > limits["rel_err"]:
+    # Written as "not within" so that NaN (from NaN or infinite logits) fails instead of passing.
+    if not parity.rel_err <= limits["rel_err"]:
         found.append(f"relative error {parity.rel_err:.3g} > {limits['rel_err']:g} "
-                     f"({parity.rel_err / limits['rel_err']:.1f}x the limit)")
-    if limits["cosine"] is not None and parity.cosine < limits["cosine"]:
+                     + (f"({parity.rel_err / limits['rel_err']:.1f}x the limit)" if np.isfinite(parity.rel_err)
+                        else "(the artifact's logits are not finite)"))
+    if limits["cosine"] is not None and not parity.cosine >= limits["cosine"]:
         found.append(f"cosine {parity.cosine:.6f} < {limits['cosine']}")
     return found
 

@@ -3,7 +3,7 @@ summary of the distribution (a latency is a distribution, never one number)."""
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

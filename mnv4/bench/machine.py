@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from importlib import metadata
+from pathlib import Path
 
 # The instruction-set extensions that decide which kernels the runtimes pick.
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
@@ -22,14 +23,15 @@ def _cpuinfo() -> dict:
     """Model name, flags and physical core count from /proc/cpuinfo (Linux); macOS asks sysctl."""
     if sys.platform == "darwin":
         def sysctl(key: str) -> str:
-            return subprocess.run(["sysctl", "-n", key], capture_output=True, text=True).stdout.strip()
+            return subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, check=False).stdout.strip()
         features = [name.removeprefix("hw.optional.arm.").lower() for name in
-                    subprocess.run(["sysctl", "hw.optional"], capture_output=True, text=True).stdout.split("\n")
+                    subprocess.run(["sysctl", "hw.optional"], capture_output=True, text=True,
+                                   check=False).stdout.split("\n")
                     if name.endswith(": 1")]
         return {"cpu_model": sysctl("machdep.cpu.brand_string"), "physical_cores": int(sysctl("hw.physicalcpu") or 0)
                 or None, "flags": {feature.split(":")[0].split(".")[-1] for feature in features} | {"neon"}}
     try:
-        text = open("/proc/cpuinfo").read()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return {"cpu_model": platform.processor(), "physical_cores": None, "flags": set()}
     model, flags, cores = platform.processor(), set(), set()

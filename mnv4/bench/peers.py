@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MissingExtraError
+from ..artifact.formats import FORMATS
+from ..errors import MissingExtraError, MNV4Error
 
 PEER_PRECISIONS = ("fp32",)  # a user's default export is float32 in every toolchain
 
@@ -51,16 +52,18 @@ def _coreml(model, example, path: Path) -> None:
                skip_model_load=True).save(str(path))
 
 
-PEER_EXPORTERS = {"onnx": (_onnx, "onnx"), "tflite": (_tflite, "tflite"), "executorch": (_executorch, "executorch"),
-                  "coreml": (_coreml, "coreml")}
+PEER_EXPORTERS = {"onnx": _onnx, "tflite": _tflite, "executorch": _executorch, "coreml": _coreml}
+# A format added to the table needs its timm exporter here too: say so on import, not halfway through a bench.
+if PEER_EXPORTERS.keys() != FORMATS.keys():
+    raise MNV4Error(f"timm peer exporters ({', '.join(PEER_EXPORTERS)}) do not match the formats "
+                    f"({', '.join(FORMATS)}) in mnv4/artifact/formats.py")
 
 
 def export_peer(fmt: str, model: torch.nn.Module, example: torch.Tensor, path: Path) -> float:
     """Write timm's model as a `fmt` artifact at `path`; returns the export seconds."""
-    exporter, extra = PEER_EXPORTERS[fmt]
     started = time.perf_counter()
     try:
-        exporter(model, example, path)
+        PEER_EXPORTERS[fmt](model, example, path)
     except ImportError:
-        raise MissingExtraError(f"{fmt} export", extra) from None
+        raise MissingExtraError(f"{fmt} export", FORMATS[fmt].extra) from None
     return time.perf_counter() - started

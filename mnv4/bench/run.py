@@ -1,8 +1,8 @@
 """`mnv4 bench`: export the variant to every asked format, measure each artifact and PyTorch itself in a
 fresh process, compare every output with the PyTorch reference, and write results.json + the report.
 
-Knows runtimes only through `mnv4.runtimes` (their names here; the worker runs them) and artifacts only
-through the exporters."""
+What to measure is planned in `plan`; this module measures it. It knows runtimes only through the worker
+process that runs each row (and PyTorch for the reference), and artifacts only through the exporters."""
 from __future__ import annotations
 
 import contextlib
@@ -14,134 +14,26 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
-from ..errors import MissingExtraError, MNV4Error, one_line
 from ..artifact.files import artifact_bytes, remove_artifact
-from ..artifact.formats import FORMATS as ARTIFACT_FORMATS
-from ..artifact.formats import TORCH
-from ..artifact.parity import breaches, compare, tolerance_for, verification_inputs
+from ..artifact.formats import FORMATS, TORCH
+from ..artifact.parity import breaches, compare, verification_inputs
+from ..errors import MissingExtraError, one_line
 from ..export import ExportRequest, export
-from ..runtimes import runner_class
 from .latency import summarise
+from .plan import CUDA_BATCHES, BenchOptions, Row, check_options, plan
 from .worker import timed_batch
 
-FORMATS = (*ARTIFACT_FORMATS, TORCH)
-PRECISIONS = ("fp32", "fp16", "bf16")
-CPU_TORCH_MODES = ("eager", "channels_last", "compile")
-CUDA_TORCH_MODES = ("eager", "channels_last", "compile", "cuda_graphs")
-TORCH_RUNTIMES = {"eager": "torch-eager", "channels_last": "torch-channels_last", "compile": "torch-compile",
-                  "cuda_graphs": "torch-cuda-graphs"}
-CUDA_BATCHES = (1, 8, 64, 256)  # the default CUDA sweep: latency at 1, throughput towards 256
 JOB_TIMEOUT_SECONDS = 1200
 
 # Told what is happening, and how many of how many rows are done.
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    variant: str
-    formats: tuple[str, ...] = FORMATS
-    precisions: tuple[str, ...] = ("fp32", "fp16")
-    threads: tuple[int, ...] = (1,)
-    batches: Optional[tuple[int, ...]] = None  # default: 1 on CPU, CUDA_BATCHES on CUDA
-    device: str = "cpu"
-    warmup: int = 10
-    repeats: int = 1  # fresh processes per row, interleaved over the rows; latency pools their calls
-    iterations: Optional[int] = None
-    min_seconds: Optional[float] = 2.0
-    weights: Optional[str] = None
-    resolution: Optional[int] = None
-    compare_timm: bool = False
-    command: Optional[str] = None
-
-
-@dataclass
-class Row:
-    """One configuration to measure; becomes one row of results.json."""
-
-    source: str
-    format: str
-    runtime: str
-    device: str
-    precision: str
-    threads: Optional[int]
-    batch: int
-    mode: Optional[str] = None  # torch rows: eager, channels_last, compile, cuda_graphs
-    artifact: Optional[Path] = None
-    export_seconds: Optional[float] = None
-    tolerance: str = "fp32"
-    status: str = "ok"
-    reason: Optional[str] = None
-    runs: list = field(default_factory=list)  # one worker result per process
-    interleaved_ratio: Optional[float] = None  # ours/timm timed call by call in one process (CPU twins)
-    parity: Optional[dict] = None
-
-    def key(self) -> tuple:
-        return self.format, self.runtime, self.device, self.precision, self.threads, self.batch
-
-
-def check_options(options: BenchOptions) -> None:
-    """Bad options are one-line errors before anything runs."""
-    from ..model.specs import VARIANTS
-
-    if options.variant not in VARIANTS:
-        raise MNV4Error(f"unknown variant {options.variant!r}; choose one of: {', '.join(VARIANTS)}")
-    for name, given, allowed in (("format", options.formats, FORMATS), ("precision", options.precisions, PRECISIONS)):
-        unknown = [value for value in given if value not in allowed]
-        if unknown or not given:
-            raise MNV4Error(f"unknown {name} {', '.join(unknown) or '(none)'}; choose from: {', '.join(allowed)}")
-    if options.device not in ("cpu", "cuda"):
-        raise MNV4Error(f"unknown device {options.device!r}; choose cpu or cuda")
-    for name, values in (("--threads", options.threads), ("--batch", options.batches or (1,))):
-        if not values or min(values) < 1:
-            raise MNV4Error(f"{name} takes positive integers, got {','.join(map(str, values)) or '(none)'}")
-    if options.iterations is not None and options.iterations < 1:
-        raise MNV4Error(f"--iterations must be at least 1, got {options.iterations}")
-    if options.repeats < 1:
-        raise MNV4Error(f"--repeats must be at least 1, got {options.repeats}")
-    if options.warmup < 0:
-        raise MNV4Error(f"--warmup must be 0 or more, got {options.warmup}")
-
-
-def plan(options: BenchOptions) -> list[Row]:
-    """Every row the options ask for, in report order. On CPU: each artifact format x precision x threads
-    x batch, and PyTorch eager / channels_last / compile at fp32 (the reference rows); on CUDA: PyTorch
-    eager at every precision and channels_last / compile / CUDA graphs, over the batch sweep. With
-    --compare-timm each row gets a timm twin where timm has the same path (fp32)."""
-    from .peers import PEER_PRECISIONS
-
-    sources = ("mnv4", "timm") if options.compare_timm else ("mnv4",)
-    rows = []
-    if options.device == "cuda":
-        batches = options.batches or CUDA_BATCHES
-        for mode in CUDA_TORCH_MODES:
-            for precision in options.precisions if mode == "eager" else [p for p in options.precisions if p != "bf16"]:
-                for batch in batches:
-                    rows += [Row(source, "torch", TORCH_RUNTIMES[mode], "cuda", precision, None, batch, mode=mode)
-                             for source in sources]
-        return rows
-    batches = options.batches or (1,)
-    for fmt in options.formats:
-        precisions = [p for p in options.precisions if p != "bf16"]
-        if fmt == "torch":
-            precisions = ["fp32"] if "fp32" in options.precisions else []
-        for precision in precisions:
-            for threads in options.threads:
-                for batch in batches:
-                    for mode in CPU_TORCH_MODES if fmt == "torch" else (None,):
-                        # The runtime this platform's runner is (Core ML: predict or the interpreter).
-                        runtime = TORCH_RUNTIMES[mode] if fmt == "torch" else runner_class(
-                            Path(f"model{ARTIFACT_FORMATS[fmt].suffix}")).runtime
-                        rows += [Row(source, fmt, runtime, "cpu", precision, threads, batch, mode=mode)
-                                 for source in sources if source == "mnv4" or precision in PEER_PRECISIONS]
-    return rows
 
 
 class Bench:
@@ -230,7 +122,7 @@ class Bench:
                 # The toolchains narrate each export step on stdout; the progress bar already says what runs.
                 with contextlib.redirect_stdout(io.StringIO()):
                     self.exports[key] = (*self._export(row), None)
-            except Exception as error:  # recorded for each row that needs this artifact
+            except Exception as error:  # noqa: BLE001 (recorded for each row that needs this artifact)
                 self.exports[key] = (None, None, None, error)
         path, seconds, tolerance, error = self.exports[key]
         if error is not None:
@@ -238,7 +130,7 @@ class Bench:
         return path, seconds, tolerance
 
     def _export(self, row: Row) -> tuple:
-        path = self.work / f"{row.source}_{row.format}_{row.precision}_b{row.batch}{ARTIFACT_FORMATS[row.format].suffix}"
+        path = self.work / f"{row.source}_{row.format}_{row.precision}_b{row.batch}{FORMATS[row.format].suffix}"
         if row.source == "timm":
             import torch
 
@@ -263,18 +155,18 @@ class Bench:
 
     def _measure(self, row: Row) -> None:
         try:
-            if row.format != "torch":
+            if row.format != TORCH:
                 row.artifact, row.export_seconds, row.tolerance = self._artifact(row)
         except MissingExtraError as error:
             row.status, row.reason = "unavailable", f"unavailable: install mnv4[{error.extra}]"
             return
-        except Exception as error:  # a failed export fails its rows; the benchmark goes on
+        except Exception as error:  # noqa: BLE001 (a failed export fails its rows; the benchmark goes on)
             row.status, row.reason = "failed", f"export failed: {one_line(error)}"
             return
         if row.device == "cuda" and not self.cuda_available:
             row.status, row.reason = "unavailable", "unavailable: no CUDA device on this machine"
             return
-        if row.format == "torch" and row.precision != "fp32":
+        if row.format == TORCH and row.precision != "fp32":
             row.tolerance = "fp16-arithmetic"  # PyTorch computes in the reduced precision itself
         result = self._run_worker(row)
         if "status" in result:
@@ -282,7 +174,7 @@ class Bench:
             return
         row.runs.append(result)
         logits = np.load(self.work / "logits.npy")
-        is_reference = row.source == "mnv4" and row.format == "torch" and row.mode == "eager" \
+        is_reference = row.source == "mnv4" and row.format == TORCH and row.mode == "eager" \
             and row.device == "cpu" and row.precision == "fp32"
         if not is_reference:
             parity = compare(self.reference_logits, logits)
@@ -320,7 +212,7 @@ class Bench:
     def _job(self, row: Row) -> dict:
         options = self.options
         return {
-            "runner": "torch" if row.format == "torch" else "artifact",
+            "runner": "torch" if row.format == TORCH else "artifact",
             "path": str(row.artifact) if row.artifact else None,
             "source": row.source, "variant": options.variant, "weights": str(self.weights_path),
             "num_classes": self.model.num_classes, "mode": row.mode, "device": row.device,
@@ -329,7 +221,7 @@ class Bench:
             "warmup": options.warmup, "iterations": options.iterations, "min_seconds": options.min_seconds,
         }
 
-    def _spawn(self, job: dict, threads: Optional[int]) -> dict:
+    def _spawn(self, job: dict, threads: int | None) -> dict:
         """Run one job in a fresh `python -m mnv4.bench.worker` process; its result, or why it has none."""
         with tempfile.TemporaryDirectory(dir=self.work) as folder:
             job_path, result_path = Path(folder) / "job.json", Path(folder) / "result.json"
@@ -339,7 +231,8 @@ class Bench:
             env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
             try:
                 process = subprocess.run([sys.executable, "-m", "mnv4.bench.worker", str(job_path), str(result_path)],
-                                         capture_output=True, text=True, env=env, timeout=JOB_TIMEOUT_SECONDS)
+                                         capture_output=True, text=True, env=env, timeout=JOB_TIMEOUT_SECONDS,
+                                         check=False)
             except subprocess.TimeoutExpired:
                 return {"status": "failed", "reason": f"timed out after {JOB_TIMEOUT_SECONDS} s"}
             if not result_path.exists():
@@ -348,7 +241,7 @@ class Bench:
             return json.loads(result_path.read_text())
 
 
-def finish_rows(rows: list[Row], macs: int, fma_peak_per_thread: Optional[float]) -> list[dict]:
+def finish_rows(rows: list[Row], macs: int, fma_peak_per_thread: float | None) -> list[dict]:
     """Rows as results.json has them: latency over the timed calls of all the row's processes, load and
     first inference as their medians, the largest peak memory, throughput, GFLOP/s, fraction of peak and
     the ours/timm ratio."""
@@ -376,7 +269,7 @@ def finish_rows(rows: list[Row], macs: int, fma_peak_per_thread: Optional[float]
     return finished
 
 
-def _pooled_latency(runs: list[dict]) -> Optional[dict]:
+def _pooled_latency(runs: list[dict]) -> dict | None:
     times = [time for run in runs for time in run["times_ms"] or ()]
     return {**summarise(times), "processes": len(runs)} if times else None
 
@@ -390,11 +283,11 @@ def _ratio_vs_timm(ours: Row, theirs: Row) -> float:
                             for a, b in zip(ours.runs, theirs.runs)]))
 
 
-def _median_of(runs: list[dict], key: str) -> Optional[float]:
+def _median_of(runs: list[dict], key: str) -> float | None:
     return float(np.median([run[key] for run in runs])) if runs else None
 
 
-def _bytes(path: Optional[Path]) -> Optional[int]:
+def _bytes(path: Path | None) -> int | None:
     return artifact_bytes(path) if path is not None and path.exists() else None
 
 

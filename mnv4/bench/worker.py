@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact.parity import RANDOM_INPUTS
 from ..errors import MissingExtraError, MNV4Error, PlatformUnsupportedError, one_line
 from ..runtimes.base import run_in_artifact_batches
 from .latency import time_calls
-from ..artifact.parity import RANDOM_INPUTS
 
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -193,7 +193,7 @@ def main(job_path: str, result_path: str) -> None:
         result = {"status": "unavailable", "reason": f"unavailable: {error}"}
     except MNV4Error as error:
         result = {"status": "failed", "reason": str(error)}
-    except Exception as error:  # a runtime's own failure: recorded in the row, the benchmark goes on
+    except Exception as error:  # noqa: BLE001 (a runtime's own failure: recorded in the row, the benchmark goes on)
         result = {"status": "failed", "reason": one_line(error)}
     Path(result_path).write_text(json.dumps(result))
 
