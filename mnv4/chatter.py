@@ -8,7 +8,8 @@ import contextlib
 import os
 import sys
 import tempfile
-from typing import Iterator, TextIO
+from collections.abc import Iterator
+from typing import TextIO
 
 from .errors import MNV4Error
 

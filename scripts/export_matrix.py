@@ -10,8 +10,8 @@ import json
 import platform
 from pathlib import Path
 
-from mnv4.errors import MNV4Error
 from mnv4.artifact.formats import FORMATS, PRECISIONS
+from mnv4.errors import MNV4Error
 from mnv4.export import ExportRequest, VerificationFailed, export
 from mnv4.model import PAPER_VARIANTS
 

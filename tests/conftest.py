@@ -63,8 +63,10 @@ class Reference:
 reference_for = cache(Reference)
 
 
-@pytest.fixture(params=["conv_small", "hybrid_medium"])
+@pytest.fixture(params=["conv_small", pytest.param("hybrid_medium", marks=pytest.mark.matrix)])
 def reference(request):
+    """conv_small by default; hybrid_medium (attention) under the matrix marker. Attention keeps one default
+    test per format: ONNX and TFLite dynamic batch, ExecuTorch attention, the Core ML interpreter's fp32."""
     return reference_for(request.param)
 
 

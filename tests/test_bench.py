@@ -112,9 +112,10 @@ def test_strict_fails_on_a_parity_breach(tmp_path):
     """A checkpoint whose head activations exceed float16's range (65504) is fine in float32 and overflows in
     XNNPACK's fp16 arithmetic on every CPU: the row says by how much, and --strict turns it into exit code 1
     while the results are still written. Two processes measure it."""
-    import mnv4
     import torch
     from safetensors.torch import save_file
+
+    import mnv4
 
     model = mnv4.create_model("conv_small")
     with torch.no_grad():

@@ -8,6 +8,7 @@ error, cosine, top-1 agreement); run with -s to see them.
 import numpy as np
 import pytest
 import torch
+from conftest import Reference, reference_for
 
 import mnv4
 from mnv4.artifact.parity import THRESHOLDS, compare
@@ -16,8 +17,6 @@ from mnv4.export import coreml as coreml_export
 from mnv4.export import executorch as executorch_export
 from mnv4.runtimes.coreml import CoreMLRunner
 from mnv4.runtimes.executorch import ExecuTorchRunner
-
-from conftest import Reference, reference_for
 
 FP16_ARITHMETIC = THRESHOLDS["fp16-arithmetic"]  # XNNPACK fp16 computes in float16 (see artifact/parity.py)
 EDGE_CASTS = {"dim_order_ops._to_dim_order_copy.default": 2}  # float32 -> float16 in, float16 -> float32 out
@@ -133,7 +132,7 @@ def test_executorch_rejects_unknown_precision(conv_small, tmp_path):
 @pytest.mark.parametrize("variant, precision, dynamic_batch", [
     ("conv_small", "fp32", False),
     ("conv_small", "fp16", True),
-    ("hybrid_medium", "fp16", False),
+    pytest.param("hybrid_medium", "fp16", False, marks=pytest.mark.matrix),
 ])
 def test_coreml_mlpackage_is_saved_and_reads_back(variant, precision, dynamic_batch, exported):
     import coremltools as ct

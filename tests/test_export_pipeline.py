@@ -9,11 +9,10 @@ import onnxruntime
 import pytest
 import torch
 from PIL import Image
-
-from mnv4.export import reference_model
-from mnv4.artifact.manifest import manifest_path
-
 from test_cli import assert_one_line_error, run_cli
+
+from mnv4.artifact.manifest import manifest_path
+from mnv4.export import reference_model
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from mnv4.artifact.formats import FORMATS, PRECISIONS
 from mnv4.export import ExportRequest, export
 from mnv4.model import PAPER_VARIANTS
 
-
 # XNNPACK's float16 kernels lose more than fp16 storage on conv_large (docs/export.md): a known failure,
 # strict so that a fix shows up.
 KNOWN_FAILURES = {("conv_large", "executorch", "fp16"): "XNNPACK fp16 cosine 0.9923 < 0.995 on conv_large: "

@@ -3,11 +3,10 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import randomise_weights, relative_error
 
 import mnv4
 from mnv4.model import PAPER_VARIANTS, VARIANTS
-
-from conftest import randomise_weights, relative_error
 
 PAPER_MACS = {"conv_small": 0.186e9, "conv_medium": 1.080e9, "conv_large": 6.376e9,
               "hybrid_medium": 1.271e9, "hybrid_large": 7.712e9}

@@ -10,6 +10,7 @@ import onnxruntime
 import pytest
 import torch
 from ai_edge_litert.interpreter import Interpreter
+from conftest import reference_for, relative_error
 
 from mnv4.artifact.parity import compare
 from mnv4.errors import MNV4Error, UnsupportedOptionError
@@ -17,8 +18,6 @@ from mnv4.export import onnx as onnx_export
 from mnv4.export import tflite as tflite_export
 from mnv4.runtimes.litert import LiteRTRunner
 from mnv4.runtimes.onnxruntime import OnnxRuntimeRunner
-
-from conftest import reference_for, relative_error
 
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 2e-2
@@ -39,6 +38,7 @@ def check_parity(label, expected, actual, precision="fp32"):
 
 # ---------------------------------------------------------------------------------------------- ONNX
 
+@pytest.mark.parametrize("reference", ["conv_small", "hybrid_medium"], indirect=True)
 def test_onnx_fp32_dynamic_batch_in_onnxruntime(reference, tmp_path):
     """One self-contained, checker-clean file whose batch axis takes any size."""
     path = tmp_path / "model.onnx"

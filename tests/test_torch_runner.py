@@ -2,10 +2,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import relative_error
 
 from mnv4.runtimes.torch import TorchRunner
-
-from conftest import relative_error
 
 
 @pytest.mark.parametrize("mode", ["channels_last", "compile"])

@@ -2,8 +2,8 @@
 as one .mlpackage directory. Converting and saving work anywhere; running one needs macOS."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

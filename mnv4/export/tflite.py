@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..artifact.formats import FORMATS
-from ..errors import MissingExtraError, MNV4Error, UnsupportedOptionError
+from ..errors import MissingExtraError, MNV4Error
 from .program import mobile_program
 
 TOOLCHAIN = ("torch", "litert-torch", "ai-edge-litert", "ai-edge-quantizer")

@@ -2,7 +2,6 @@
 local file or from the local Hugging Face cache. Nothing here downloads."""
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -101,20 +100,6 @@ def find_in_hf_cache(variant: str, tags: tuple[str, ...]) -> tuple[str, Path] | 
             if isinstance(found, str):
                 return tag, Path(found)
     return None
-
-
-def sha256(path: str | Path) -> str:
-    """sha256 of a file, or of a directory (an .mlpackage) as its sorted relative paths and contents."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 MAX_ATTENTION_LOGIT = 4.0

@@ -3,8 +3,8 @@ a callable from an NCHW float32 batch to float32 logits out."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
