@@ -1,3 +1,3 @@
-from .cli import app
+from .cli import run_main
 
-app(prog_name="mnv4")
+run_main()

@@ -1,15 +1,13 @@
 """The `mnv4` command line: a thin layer over the package's functions."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from .artifact.formats import FORMATS, PRECISIONS, TORCH
-from .errors import MNV4Error
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARITY_FAILED, MNV4Error, one_line
 
 app = typer.Typer(
     help="MobileNetV4: reference model, verified exports, parity and latency.",
@@ -21,16 +19,6 @@ app = typer.Typer(
 VARIANT_HELP = "Model variant (see `mnv4 info --help`): conv_small, conv_medium, conv_large, hybrid_medium, ..."
 FORMAT_HELP = f"{', '.join(FORMATS)} or all."
 VERBOSE_HELP = "Show the toolchains' and runtimes' own output (shown anyway when a step fails)."
-
-
-@contextmanager
-def reported_errors():
-    """Bad input becomes one line on stderr and exit code 2, never a traceback."""
-    try:
-        yield
-    except MNV4Error as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
 
 
 def imagenet_class_names() -> list[str]:
@@ -53,29 +41,28 @@ def print_top_classes(logits, top: int) -> None:
 @app.command()
 def info(
     variant: str = typer.Option(..., "--variant", "-v", help=VARIANT_HELP),
-    resolution: Optional[int] = typer.Option(None, "--resolution", "-r", min=32,
+    resolution: int | None = typer.Option(None, "--resolution", "-r", min=32,
                                              help="Input resolution (default: the variant's)."),
 ):
     """Print parameters, MACs, default resolution, preprocessing and a per-layer table."""
     from .model.factory import create_model
     from .model.profile import summary
 
-    with reported_errors():
-        model = create_model(variant)
-        pre = model.preprocessing
-        resolution = resolution or pre.resolution
-        typer.echo(f"variant: {model.variant}")
-        typer.echo(f"default resolution: {pre.resolution}")
-        typer.echo(f"preprocessing: resize short side to {pre.resolution} / crop_pct {pre.crop_pct} "
-                   f"({pre.interpolation}), center crop, mean {pre.mean}, std {pre.std}")
-        summary(model, (3, resolution, resolution))
+    model = create_model(variant)
+    pre = model.preprocessing
+    resolution = resolution or pre.resolution
+    typer.echo(f"variant: {model.variant}")
+    typer.echo(f"default resolution: {pre.resolution}")
+    typer.echo(f"preprocessing: resize short side to {pre.resolution} / crop_pct {pre.crop_pct} "
+               f"({pre.interpolation}), center crop, mean {pre.mean}, std {pre.std}")
+    summary(model, (3, resolution, resolution))
 
 
 @app.command()
 def predict(
     image: Path = typer.Argument(..., help="An image file (JPEG, PNG, ...)."),
     variant: str = typer.Option(..., "--variant", "-v", help=VARIANT_HELP),
-    weights: Optional[Path] = typer.Option(
+    weights: Path | None = typer.Option(
         None, "--weights", "-w", help="Checkpoint (.safetensors/.pth/.bin). Default: timm's, from the local HF cache."),
     top: int = typer.Option(5, "--top", "-k", min=1, help="How many classes to print."),
 ):
@@ -85,11 +72,10 @@ def predict(
     from .data import load_image
     from .model.factory import create_model
 
-    with reported_errors():
-        model = create_model(variant, pretrained=weights if weights is not None else True)
-        batch = torch.from_numpy(model.preprocessing(load_image(image))[None])
-        with torch.no_grad():
-            print_top_classes(model(batch)[0].numpy(), top)
+    model = create_model(variant, pretrained=weights if weights is not None else True)
+    batch = torch.from_numpy(model.preprocessing(load_image(image))[None])
+    with torch.no_grad():
+        print_top_classes(model(batch)[0].numpy(), top)
 
 
 def _print_parity(parity: dict, stream) -> None:
@@ -107,10 +93,10 @@ def _print_parity(parity: dict, stream) -> None:
 def export_command(
     format: str = typer.Option("tflite", "--format", "-f", help=FORMAT_HELP),
     variant: str = typer.Option("conv_small", "--variant", "-v", help=VARIANT_HELP),
-    weights: Optional[Path] = typer.Option(
+    weights: Path | None = typer.Option(
         None, "--weights", "-w",
         help="Checkpoint to export. Default: reproducible seeded weights, BatchNorm calibrated on photos."),
-    resolution: Optional[int] = typer.Option(None, "--resolution", "-r", min=32,
+    resolution: int | None = typer.Option(None, "--resolution", "-r", min=32,
                                              help="Input resolution (default: the variant's)."),
     precision: str = typer.Option("fp32", "--precision", "-p", help=" or ".join(PRECISIONS) + "."),
     batch: int = typer.Option(1, "--batch", "-b", help="Fixed batch size of the artifact."),
@@ -118,7 +104,7 @@ def export_command(
     nhwc: bool = typer.Option(False, "--nhwc", help="Channels-last (NHWC) input, where the format supports it."),
     image_input: bool = typer.Option(
         False, "--image-input", help="Core ML: an RGB image input, normalised inside the model (batch 1)."),
-    output: Optional[Path] = typer.Option(
+    output: Path | None = typer.Option(
         None, "--output", "-o", help="Artifact path (with --format all: a folder). Default: a name in the current folder."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing artifact."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip running the artifact against PyTorch."),
@@ -137,33 +123,32 @@ def export_command(
 
     stream = terminal()
     console = Console(file=stream, quiet=quiet)
-    with reported_errors():
-        formats = list(FORMATS) if format == "all" else [format]
-        request = ExportRequest(variant=variant, weights=weights, resolution=resolution, precision=precision,
-                                batch=batch, dynamic_batch=dynamic_batch, nhwc=nhwc, image_input=image_input,
-                                verify=not no_verify, threads=threads)
-        for fmt in formats:
-            check_request(fmt, request)
-        manifests, failed = [], []
-        for fmt in formats:
-            target = output / f"{fmt}{FORMATS[fmt].suffix}" if (output and format == "all") else output
-            with console.status(f"{fmt}: starting") as status, captured(not verbose, shown_to=stream):
-                try:
-                    manifest = export(fmt, request, None if format == "all" and not output else target, force,
-                                      step=lambda message: status.update(f"{fmt}: {message}"))
-                except VerificationFailed as error:
-                    print(f"error: {error}", file=stream)
-                    failed.append(fmt)
-                    continue
-            manifests.append(manifest.as_dict())
-            if not quiet:
-                console.print(f"[green]wrote[/green] {manifest.artifact} ({manifest.bytes / 1e6:.1f} MB, "
-                              f"exported in {manifest.export_seconds:.1f} s)")
-                _print_parity(manifest.parity, stream)
-        if json_output:
-            typer.echo(json.dumps(manifests if format == "all" else (manifests[0] if manifests else {}), indent=2))
-        if failed:
-            raise typer.Exit(1)
+    formats = list(FORMATS) if format == "all" else [format]
+    request = ExportRequest(variant=variant, weights=weights, resolution=resolution, precision=precision,
+                            batch=batch, dynamic_batch=dynamic_batch, nhwc=nhwc, image_input=image_input,
+                            verify=not no_verify, threads=threads)
+    for fmt in formats:
+        check_request(fmt, request)
+    manifests, failed = [], []
+    for fmt in formats:
+        target = output / f"{fmt}{FORMATS[fmt].suffix}" if (output and format == "all") else output
+        with console.status(f"{fmt}: starting") as status, captured(not verbose, shown_to=stream):
+            try:
+                manifest = export(fmt, request, None if format == "all" and not output else target, force,
+                                  step=lambda message, fmt=fmt: status.update(f"{fmt}: {message}"))
+            except VerificationFailed as error:
+                print(f"error: {error}", file=stream)
+                failed.append(fmt)
+                continue
+        manifests.append(manifest.as_dict())
+        if not quiet:
+            console.print(f"[green]wrote[/green] {manifest.artifact} ({manifest.bytes / 1e6:.1f} MB, "
+                          f"exported in {manifest.export_seconds:.1f} s)")
+            _print_parity(manifest.parity, stream)
+    if json_output:
+        typer.echo(json.dumps(manifests if format == "all" else (manifests[0] if manifests else {}), indent=2))
+    if failed:
+        raise typer.Exit(EXIT_PARITY_FAILED)
 
 
 @app.command()
@@ -177,25 +162,28 @@ def run(
     """Print the top-K classes that ARTIFACT itself computes for IMAGE (in its own runtime)."""
     import numpy as np
 
+    from .artifact.files import sha256
     from .artifact.manifest import read_manifest
     from .chatter import captured
     from .data import load_image
     from .runtimes import load
 
-    with reported_errors():
-        manifest = read_manifest(artifact)
-        pixels = manifest.preprocessing_spec()(load_image(image))[None]
-        if not manifest.dynamic_batch and manifest.batch > 1:
-            pixels = np.repeat(pixels, manifest.batch, axis=0)
-        with captured(not verbose):
-            logits = load(artifact, threads=threads)(pixels)[0]
-        print_top_classes(logits, top)
+    manifest = read_manifest(artifact)
+    if sha256(artifact) != manifest.sha256:
+        raise MNV4Error(f"{artifact} is not the artifact its manifest describes (sha256 differs): it changed after "
+                        f"export; export it again, or see what `mnv4 verify` says of it")
+    pixels = manifest.preprocessing_spec()(load_image(image))[None]
+    if not manifest.dynamic_batch and manifest.batch > 1:
+        pixels = np.repeat(pixels, manifest.batch, axis=0)
+    with captured(not verbose):
+        logits = load(artifact, threads=threads)(pixels)[0]
+    print_top_classes(logits, top)
 
 
 @app.command()
 def verify(
     artifact: Path = typer.Argument(..., help="An exported artifact with its manifest beside it."),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w",
+    weights: Path | None = typer.Option(None, "--weights", "-w",
                                            help="The checkpoint it was exported from (default: the manifest's)."),
     threads: int = typer.Option(1, "--threads", min=1, help="Runtime threads."),
     json_output: bool = typer.Option(False, "--json", help="Print the parity results as JSON on stdout."),
@@ -210,18 +198,18 @@ def verify(
     from .chatter import captured
     from .export import verify_manifest
 
-    with reported_errors():
-        manifest = read_manifest(artifact)
-        if sha256(artifact) != manifest.sha256:
-            # Still verified: parity, not the hash, decides whether it computes the right thing.
-            typer.echo(f"warning: {artifact} has changed since export (sha256 differs from the manifest's)", err=True)
-        with captured(not verbose):
-            parity = verify_manifest(artifact, manifest, weights, threads)
-        _print_parity(parity, sys.stderr)
-        if json_output:
-            typer.echo(json.dumps(parity, indent=2))
-        if parity.get("passed") is False:
-            raise typer.Exit(1)
+    manifest = read_manifest(artifact)
+    changed = sha256(artifact) != manifest.sha256
+    with captured(not verbose):
+        parity = verify_manifest(artifact, manifest, weights, threads)
+    if changed:
+        # Still verified: parity, not the hash, decides whether it computes the right thing.
+        typer.echo(f"warning: {artifact} has changed since export (sha256 differs from the manifest's)", err=True)
+    _print_parity(parity, sys.stderr)
+    if json_output:
+        typer.echo(json.dumps(parity, indent=2))
+    if parity.get("passed") is False:
+        raise typer.Exit(EXIT_PARITY_FAILED)
 
 
 def _list(text: str, convert=str) -> tuple:
@@ -240,14 +228,14 @@ def bench(
     precisions: str = typer.Option(",".join(PRECISIONS), "--precisions",
                                    help=f"Comma-separated: {', '.join(PRECISIONS)} (bf16: CUDA torch)."),
     threads: str = typer.Option("1", "--threads", help="Comma-separated CPU thread counts, e.g. 1,2."),
-    batch: Optional[str] = typer.Option(None, "--batch", help="Comma-separated batch sizes (default: 1; CUDA: 1,8,64,256)."),
+    batch: str | None = typer.Option(None, "--batch", help="Comma-separated batch sizes (default: 1; CUDA: 1,8,64,256)."),
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda for the PyTorch CUDA rows."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed calls before timing."),
     repeats: int = typer.Option(1, "--repeats", help="Fresh processes per row (latency pools their calls)."),
-    iterations: Optional[int] = typer.Option(None, "--iterations", help="Timed calls (default: time by --min-seconds)."),
+    iterations: int | None = typer.Option(None, "--iterations", help="Timed calls (default: time by --min-seconds)."),
     min_seconds: float = typer.Option(2.0, "--min-seconds", help="Time each row for at least this long (and 10 calls)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint (default: seeded offline weights)."),
-    resolution: Optional[int] = typer.Option(None, "--resolution", "-r", min=32, help="Input resolution."),
+    weights: Path | None = typer.Option(None, "--weights", "-w", help="Checkpoint (default: seeded offline weights)."),
+    resolution: int | None = typer.Option(None, "--resolution", "-r", min=32, help="Input resolution."),
     compare_timm: bool = typer.Option(False, "--compare-timm", help="Also measure timm's model, exported the same way."),
     output_dir: Path = typer.Option(Path("bench-results"), "--output-dir", "-o", help="Where results and report go."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when any row failed or breaches parity (for CI)."),
@@ -260,24 +248,25 @@ def bench(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .bench.run import BenchOptions, bench as run_bench, check_options, strict_failures
+    from .bench.plan import BenchOptions, check_options
+    from .bench.run import bench as run_bench
+    from .bench.run import strict_failures
     from .chatter import captured, terminal
 
     stream = terminal()
     console = Console(file=stream)
-    with reported_errors():
-        options = BenchOptions(
-            variant=variant, formats=_list(formats), precisions=_list(precisions), threads=_list(threads, int),
-            batches=_list(batch, int) if batch else None, device=device, warmup=warmup, repeats=repeats,
-            iterations=iterations,
-            min_seconds=min_seconds, weights=str(weights) if weights else None, resolution=resolution,
-            compare_timm=compare_timm, command=shlex.join(["mnv4", *sys.argv[1:]]))
-        check_options(options)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console) as progress, captured(not verbose, shown_to=stream):
-            task = progress.add_task("starting", total=None)
-            results = run_bench(options, output_dir, progress=lambda text, done, total: progress.update(
-                task, description=text, completed=done, total=total))
+    options = BenchOptions(
+        variant=variant, formats=_list(formats), precisions=_list(precisions), threads=_list(threads, int),
+        batches=_list(batch, int) if batch else None, device=device, warmup=warmup, repeats=repeats,
+        iterations=iterations,
+        min_seconds=min_seconds, weights=str(weights) if weights else None, resolution=resolution,
+        compare_timm=compare_timm, command=shlex.join(["mnv4", *sys.argv[1:]]))
+    check_options(options)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress, captured(not verbose, shown_to=stream):
+        task = progress.add_task("starting", total=None)
+        results = run_bench(options, output_dir, progress=lambda text, done, total: progress.update(
+            task, description=text, completed=done, total=total))
     rows = results["rows"]
     console.print(f"[green]wrote[/green] {output_dir / 'results.json'}, report.md, report.html: {len(rows)} rows, "
                   f"{sum(row['status'] == 'ok' for row in rows)} ok")
@@ -285,7 +274,7 @@ def bench(
     for failure in failures:
         typer.echo(f"{'error' if strict else 'warning'}: {failure}", err=True)
     if strict and failures:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PARITY_FAILED)
 
 
 @app.command()
@@ -296,8 +285,7 @@ def report(
     """Merge results from several machines into one Markdown + HTML report."""
     from .bench.report import merge
 
-    with reported_errors():
-        markdown, html = merge(results, output_dir)
+    markdown, html = merge(results, output_dir)
     typer.echo(f"wrote {markdown} and {html}")
 
 
@@ -315,16 +303,77 @@ def coreml_compare(
     from .chatter import captured
     from .runtimes.coreml import compare_with_predict
 
-    with reported_errors():
-        manifest = read_manifest(artifact)
-        with captured(not verbose):
-            parity = compare_with_predict(artifact, verification_inputs(manifest.preprocessing_spec()), threads)
-        failures = breaches(parity, manifest.tolerance)
-        typer.echo(f"interpreter vs Core ML predict on {parity.images} inputs: rel err {parity.rel_err:.2e}, "
-                   f"cosine {parity.cosine:.6f}, top-1 {parity.top1_agreement:.0%} -> "
-                   + ("FAIL: " + "; ".join(failures) if failures else "PASS"))
-        if failures:
-            raise typer.Exit(1)
+    manifest = read_manifest(artifact)
+    with captured(not verbose):
+        parity = compare_with_predict(artifact, verification_inputs(manifest.preprocessing_spec()), threads)
+    failures = breaches(parity, manifest.tolerance)
+    typer.echo(f"interpreter vs Core ML predict on {parity.images} inputs: rel err {parity.rel_err:.2e}, "
+               f"cosine {parity.cosine:.6f}, top-1 {parity.top1_agreement:.0%} -> "
+               + ("FAIL: " + "; ".join(failures) if failures else "PASS"))
+    if failures:
+        raise typer.Exit(EXIT_PARITY_FAILED)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command and return its exit code (see mnv4.errors): 0 ok, 1 parity failed, 2 bad input or a
+    damaged file, 3 an internal error, 128 + N when stopped by signal N. Every failure is one `error:` line;
+    `--debug`, anywhere on the command line, shows the traceback of an internal error."""
+    import signal
+    import sys
+    import traceback
+
+    try:  # typer raises click's exceptions, from its own copy of click since typer 0.2x
+        from typer._click import exceptions as click
+    except ImportError:
+        from click import exceptions as click
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [arg for arg in args if arg != "--debug"]
+    stopped_by: list[int] = []
+
+    def stop(signum, _frame):
+        # As Ctrl-C does: the exception unwinds through every `finally`, so no partial file stays behind.
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    def interrupted() -> int:
+        signum = stopped_by[0] if stopped_by else signal.SIGINT
+        print(f"error: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return EXIT_INTERRUPTED + signum
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    try:
+        code = app(args=args, prog_name="mnv4", standalone_mode=False)
+        if stopped_by:  # typer turns KeyboardInterrupt into a plain exit 130
+            return interrupted()
+        return code if isinstance(code, int) else EXIT_OK
+    except MNV4Error as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except click.NoArgsIsHelpError:
+        return EXIT_BAD_INPUT  # the help is already on the screen
+    except click.UsageError as error:
+        hint = f" (see {error.ctx.command_path} --help)" if error.ctx else ""
+        print(f"error: {error.format_message()}{hint}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (typer.Abort, KeyboardInterrupt):
+        return interrupted()
+    except click.ClickException as error:  # click's own file errors and the like
+        print(f"error: {error.format_message()}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as error:
+        if debug:
+            traceback.print_exc()
+        where = "" if debug else "; run it again with --debug for the traceback"
+        print(f"error: internal error in mnv4 ({one_line(error)}){where}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+def run_main() -> None:
+    """The `mnv4` console script."""
+    raise SystemExit(main())
+
 
 if __name__ == "__main__":
-    app()
+    run_main()

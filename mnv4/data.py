@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,7 +29,7 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
-    def at(self, resolution: int) -> "Preprocessing":
+    def at(self, resolution: int) -> Preprocessing:
         return Preprocessing(resolution, self.crop_pct, self.interpolation, self.mean, self.std)
 
     def __call__(self, image: Image.Image | np.ndarray) -> np.ndarray:
@@ -80,11 +80,58 @@ def photo_batch(preprocessing: Preprocessing) -> np.ndarray:
 
 
 def load_image(path: str | Path) -> Image.Image:
+    """An image file as 8-bit RGB, upright as its EXIF orientation says, whatever its mode: 16-bit and 32-bit
+    integer or float grey levels are scaled from their own range (not clipped at 255), and transparency is
+    composited over white, as a viewer shows it. An image whose scale cannot be told is refused."""
     from .errors import MNV4Error
 
+    path = Path(path)
+    if not path.exists():
+        raise MNV4Error(f"image not found: {path}")
+    if path.is_dir():
+        raise MNV4Error(f"cannot read image {path}: it is a directory")
     try:
-        return Image.open(path).convert("RGB")
-    except FileNotFoundError:
-        raise MNV4Error(f"image not found: {path}") from None
-    except (OSError, ValueError) as error:
+        image = Image.open(path)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError) as error:  # PIL raises SyntaxError for some broken files
         raise MNV4Error(f"cannot read image {path}: {error}") from None
+    return _as_rgb(image, path)
+
+
+# Pillow's modes of one channel wider than 8 bits, which convert("RGB") clips at 255 instead of scaling.
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _as_rgb(image: Image.Image, path: Path) -> Image.Image:
+    from .errors import MNV4Error
+
+    if image.mode in _WIDE_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise MNV4Error(f"cannot read image {path}: it has NaN or infinite pixel values")
+        full_scale = _full_scale(image, values)
+        if full_scale is None:
+            raise MNV4Error(f"cannot read image {path}: a {image.mode} image with values from {values.min():g} to "
+                            f"{values.max():g}, neither in [0, 1], [0, 255] nor [0, 65535]; convert it to 8-bit RGB")
+        grey = np.round(values * (255.0 / full_scale)).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _full_scale(image: Image.Image, values: np.ndarray) -> float | None:
+    """The value that means full brightness for a wide single-channel image, or None when it can't be told."""
+    low, high = values.min(), values.max()
+    if low < 0:
+        return None
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):
+        return 65535.0  # 16-bit samples (Pillow opens a 16-bit grey PNG as I;16 or I)
+    if image.mode == "F" and high <= 1.0:
+        return 1.0
+    for scale in (255.0, 65535.0):
+        if high <= scale:
+            return scale
+    return None

@@ -1,4 +1,15 @@
-"""Errors that describe bad input. The CLI turns each into a one-line message and exit code 2."""
+"""Errors that describe bad input, and the exit codes of every `mnv4` command.
+
+The CLI turns an MNV4Error into one line on stderr and exit code 2; any other exception is an internal error
+(exit code 3, one line; `--debug` shows the traceback)."""
+
+# Every command exits with one of these, so that a CI job can tell a numerical regression from a broken
+# file from a bug in mnv4.
+EXIT_OK = 0
+EXIT_PARITY_FAILED = 1
+EXIT_BAD_INPUT = 2  # bad options, missing or damaged files, unreadable checkpoints or images
+EXIT_INTERNAL_ERROR = 3
+EXIT_INTERRUPTED = 128  # plus the signal's number: 130 for SIGINT (Ctrl-C), 143 for SIGTERM
 
 
 class MNV4Error(ValueError):
@@ -27,6 +38,10 @@ class MissingExtraError(MNV4Error):
     def __init__(self, backend: str, extra: str):
         super().__init__(f"{backend} is not installed: pip install 'mnv4[{extra}]'")
         self.extra = extra
+
+
+class DamagedArtifactError(MNV4Error):
+    """An artifact that its own runtime cannot load: truncated, empty, a directory, a broken package."""
 
 
 class PlatformUnsupportedError(MNV4Error):

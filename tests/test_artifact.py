@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mnv4.artifact.formats import FORMATS, get_format
 from mnv4.artifact.manifest import SCHEMA, Manifest, manifest_path, read_manifest
+from mnv4.artifact.parity import THRESHOLDS, breaches, compare
 from mnv4.errors import MNV4Error, UnsupportedOptionError
 from mnv4.runtimes import Runner, runner_class
 
@@ -53,6 +55,16 @@ def test_format_table_checks_options_in_one_line():
         runner_class("model.bin")
 
 
+@pytest.mark.parametrize("tolerance", list(THRESHOLDS))
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_logits_never_pass(tolerance, bad):
+    reference = np.random.default_rng(0).standard_normal((4, 10))
+    candidate = reference.copy()
+    candidate[1, 3] = bad
+    failures = breaches(compare(reference, candidate), tolerance)
+    assert failures and "not finite" in failures[0]
+
+
 def example_manifest() -> Manifest:
     return Manifest(format="onnx", artifact="m.onnx", sha256="0" * 64, bytes=10, variant="conv_small",
                     resolution=224, batch="dynamic", precision="fp16", num_classes=1000,
@@ -62,6 +74,7 @@ def example_manifest() -> Manifest:
 
 
 def test_manifest_round_trip_is_flat_and_typed(tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
     manifest = example_manifest()
     manifest.write(tmp_path / "m.onnx")
     document = json.loads(manifest_path(tmp_path / "m.onnx").read_text())
@@ -80,6 +93,7 @@ def test_manifest_round_trip_is_flat_and_typed(tmp_path):
     (lambda d: d.update(schema=99), "schema 99"),
 ])
 def test_a_damaged_manifest_names_the_file_and_the_key(change, message, tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
     document = example_manifest().as_dict()
     change(document)
     manifest_path(tmp_path / "m.onnx").write_text(json.dumps(document))
@@ -88,12 +102,19 @@ def test_a_damaged_manifest_names_the_file_and_the_key(change, message, tmp_path
     assert str(manifest_path(tmp_path / "m.onnx")) in str(raised.value)
 
 
-def test_a_manifest_that_is_not_json_is_refused(tmp_path):
+def test_a_manifest_that_is_not_json_or_not_there_is_refused(tmp_path):
+    for name in ("m.onnx", "other.onnx", "m.tflite"):
+        (tmp_path / name).write_bytes(b"model")
     manifest_path(tmp_path / "m.onnx").write_text("{")
     with pytest.raises(MNV4Error, match="not valid JSON"):
         read_manifest(tmp_path / "m.onnx")
     with pytest.raises(MNV4Error, match="no manifest"):
         read_manifest(tmp_path / "other.onnx")
+    with pytest.raises(MNV4Error, match="artifact not found"):
+        read_manifest(tmp_path / "absent.onnx")
+    example_manifest().write(tmp_path / "m.tflite")  # an ONNX manifest beside a .tflite
+    with pytest.raises(MNV4Error, match="is for format onnx"):
+        read_manifest(tmp_path / "m.tflite")
 
 
 def chatter():

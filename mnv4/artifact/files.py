@@ -11,6 +11,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..errors import MNV4Error
+from .formats import Format
+
 
 def sha256(path: str | Path) -> str:
     """sha256 of a file, or of a directory (an .mlpackage) as its sorted relative paths and contents."""
@@ -41,15 +44,75 @@ def remove_artifact(path: str | Path) -> None:
         path.unlink()
 
 
-def partial_path(output: Path) -> Path:
+def partial_path(output: Path, pid: int | None = None) -> Path:
     """The hidden name an artifact is written under until it is verified (one per process)."""
-    return output.with_name(f".{output.stem}.partial-{os.getpid()}{output.suffix}")
+    return output.with_name(f".{output.stem}.partial-{os.getpid() if pid is None else pid}{output.suffix}")
+
+
+def check_output(output: Path, artifact_format: Format, force: bool) -> None:
+    """Before any work: the output has the format's suffix, replaces only an artifact of that format (and
+    only with `force`), and its folder can be written."""
+    if output.suffix != artifact_format.suffix:
+        raise MNV4Error(f"a {artifact_format.name} artifact must end in {artifact_format.suffix}: {output}")
+    if output.exists() or output.is_symlink() or manifest_path(output).exists():
+        if not force:
+            raise MNV4Error(f"{output} exists; pass --force to overwrite it")
+        if output.exists() and not _is_artifact(output, artifact_format):
+            kind = "a directory" if output.is_dir() else "a file"
+            raise MNV4Error(f"{output} is {kind} that is not a {artifact_format.label} artifact; --force replaces "
+                            f"only an artifact, so move it away first")
+    folder = output.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MNV4Error(f"cannot create the folder {folder}: {error.strerror or error}") from None
+    if not os.access(folder, os.W_OK):
+        raise MNV4Error(f"cannot write to {folder}: it is read-only or not yours")
+
+
+def _is_artifact(path: Path, artifact_format: Format) -> bool:
+    if artifact_format.suffix == ".mlpackage":
+        return path.is_dir() and (path / "Manifest.json").is_file()
+    return path.is_file()
+
+
+def remove_stale_partials(output: Path) -> None:
+    """Remove the partial files of `output` (and their manifests) that a killed export left behind: those
+    whose process no longer runs."""
+    for path in output.parent.glob(f".{output.stem}.partial-*{output.suffix}*"):
+        pid = path.name.removeprefix(f".{output.stem}.partial-").split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            remove_artifact(path)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def disk_is_full(folder: Path) -> bool:
+    """Less than 1 MiB free where the artifact goes: what a toolchain's failure to write most likely meant."""
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
 
 
 def publish(partial: Path, output: Path) -> None:
     """Move a verified artifact over whatever was at `output`."""
     remove_artifact(output)
     os.replace(partial, output)
+
+
+def manifest_path(artifact: str | Path) -> Path:
+    """Where an artifact's manifest sits: beside it, as `<artifact name>.json`."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
 
 
 def write_json_atomically(document: object, path: str | Path, default=None) -> Path:

@@ -8,21 +8,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional, Union
 
 from ..data import Preprocessing
 from ..errors import MNV4Error
-from .files import write_json_atomically
+from .files import manifest_path, write_json_atomically
 from .formats import FORMATS, PRECISIONS
 from .parity import DYNAMIC_VERIFY_BATCHES, tolerance_for
 
 SCHEMA = 1
 DYNAMIC = "dynamic"  # the manifest's batch of an artifact whose batch axis is free
-
-
-def manifest_path(artifact: str | Path) -> Path:
-    artifact = Path(artifact)
-    return artifact.with_name(artifact.name + ".json")
 
 
 @dataclass
@@ -33,7 +27,7 @@ class Manifest:
     bytes: int
     variant: str
     resolution: int
-    batch: Union[int, str]  # a fixed batch size, or DYNAMIC
+    batch: int | str  # a fixed batch size, or DYNAMIC
     precision: str
     num_classes: int
     preprocessing: dict  # crop_pct, interpolation, mean, std: timm's eval transform
@@ -49,7 +43,7 @@ class Manifest:
         return self.batch == DYNAMIC
 
     @property
-    def compute_dtype(self) -> Optional[str]:
+    def compute_dtype(self) -> str | None:
         return self.facts.get("compute_dtype")
 
     @property
@@ -76,7 +70,7 @@ class Manifest:
         return write_json_atomically(self.as_dict(), manifest_path(path))
 
     @classmethod
-    def from_dict(cls, document: object, source: str) -> "Manifest":
+    def from_dict(cls, document: object, source: str) -> Manifest:
         if not isinstance(document, dict):
             raise MNV4Error(f"manifest {source} is not a JSON object")
         for key, check in _CHECKS.items():
@@ -122,6 +116,10 @@ _CHECKS = {
 
 
 def read_manifest(artifact: str | Path) -> Manifest:
+    """The validated manifest of an artifact that exists and is of the format its manifest says."""
+    artifact = Path(artifact)
+    if not (artifact.exists() or artifact.is_symlink()):
+        raise MNV4Error(f"artifact not found: {artifact}")
     path = manifest_path(artifact)
     if not path.is_file():
         raise MNV4Error(f"no manifest for {artifact} (expected {path}); export it with `mnv4 export`")
@@ -131,4 +129,8 @@ def read_manifest(artifact: str | Path) -> Manifest:
         raise MNV4Error(f"manifest {path} is not valid JSON: {error}") from None
     except OSError as error:
         raise MNV4Error(f"cannot read manifest {path}: {error.strerror or error}") from None
-    return Manifest.from_dict(document, str(path))
+    manifest = Manifest.from_dict(document, str(path))
+    if FORMATS[manifest.format].suffix != artifact.suffix:
+        raise MNV4Error(f"manifest {path} is for format {manifest.format} (*{FORMATS[manifest.format].suffix}), "
+                        f"which {artifact.name} is not")
+    return manifest

@@ -9,19 +9,34 @@ import functools
 import importlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from ..artifact.files import artifact_bytes, partial_path, publish, remove_artifact, sha256
+from ..artifact.files import (
+    artifact_bytes,
+    check_output,
+    disk_is_full,
+    partial_path,
+    publish,
+    remove_artifact,
+    remove_stale_partials,
+    sha256,
+)
 from ..artifact.formats import FORMATS, PRECISIONS, get_format
 from ..artifact.manifest import DYNAMIC, Manifest, manifest_path
 from ..artifact.parity import DYNAMIC_VERIFY_BATCHES, tolerance_for
-from ..errors import MNV4Error
+from ..errors import MNV4Error, one_line
+from ..model.specs import get_spec
+from .program import MAX_DYNAMIC_BATCH
 from .verify import reference_model, verify_artifact
+
+MIN_RESOLUTION, MAX_RESOLUTION = 32, 1024  # beyond 1024 px an export needs more memory than a laptop has
+MAX_BATCH = MAX_DYNAMIC_BATCH
+MAX_THREADS = 256
 
 
 class VerificationFailed(Exception):
@@ -31,8 +46,8 @@ class VerificationFailed(Exception):
 @dataclass(frozen=True)
 class ExportRequest:
     variant: str
-    weights: Optional[Path] = None
-    resolution: Optional[int] = None
+    weights: Path | None = None
+    resolution: int | None = None
     precision: str = "fp32"
     batch: int = 1
     dynamic_batch: bool = False
@@ -56,25 +71,28 @@ def check_request(fmt: str, request: ExportRequest) -> None:
         raise MNV4Error(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}, all")
     if request.precision not in PRECISIONS:
         raise MNV4Error(f"unknown precision {request.precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if request.batch < 1:
-        raise MNV4Error(f"--batch must be at least 1, got {request.batch}")
+    if not 1 <= request.batch <= MAX_BATCH:
+        raise MNV4Error(f"--batch must be from 1 to {MAX_BATCH}, got {request.batch}")
+    if request.resolution is not None and not MIN_RESOLUTION <= request.resolution <= MAX_RESOLUTION:
+        raise MNV4Error(f"--resolution must be from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got {request.resolution}")
+    if not 1 <= request.threads <= MAX_THREADS:
+        raise MNV4Error(f"--threads must be from 1 to {MAX_THREADS}, got {request.threads}")
+    get_spec(request.variant)  # an unknown variant is refused here, before any work
     get_format(fmt).check(precision=request.precision, nhwc=request.nhwc, dynamic_batch=request.dynamic_batch,
                           image_input=request.image_input)
 
 
-def export(fmt: str, request: ExportRequest, output: Optional[Path] = None, force: bool = False,
+def export(fmt: str, request: ExportRequest, output: Path | None = None, force: bool = False,
            step: Callable[[str], None] = lambda message: None) -> Manifest:
     """Export, verify, and move the artifact and its manifest into place; returns the manifest."""
     check_request(fmt, request)
     artifact_format = FORMATS[fmt]
+    resolution = request.resolution or get_spec(request.variant).preprocessing.resolution
+    output = Path(output or default_output(request, fmt, resolution))
+    check_output(output, artifact_format, force)
+    remove_stale_partials(output)
     step(f"building {request.variant}")
     model, preprocessing, weights = reference_model(request.variant, request.weights, request.resolution)
-    output = Path(output or default_output(request, fmt, preprocessing.resolution))
-    if output.suffix != artifact_format.suffix:
-        raise MNV4Error(f"a {fmt} artifact must end in {artifact_format.suffix}: {output}")
-    if (output.exists() or manifest_path(output).exists()) and not force:
-        raise MNV4Error(f"{output} exists; pass --force to overwrite it")
-    output.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(output)
     example_batch = max(2, request.batch) if request.dynamic_batch else request.batch
     example = torch.from_numpy(np.random.default_rng(0).standard_normal(
@@ -114,6 +132,13 @@ def export(fmt: str, request: ExportRequest, output: Optional[Path] = None, forc
         publish(partial, output)
         publish(partial_manifest, manifest_path(output))
         return manifest
+    except OSError as error:
+        raise MNV4Error(f"cannot write {output}: {error.strerror or one_line(error)}") from None
+    except Exception as error:
+        # Toolchains report a full disk in their own words (a RuntimeError from a serialiser, say).
+        if not isinstance(error, (MNV4Error, VerificationFailed)) and disk_is_full(output.parent):
+            raise MNV4Error(f"cannot write {output}: no space left on {output.parent}") from None
+        raise
     finally:
         remove_artifact(partial)
         remove_artifact(manifest_path(partial))

@@ -3,8 +3,8 @@ with it in the artifact's own runtime. `export` verifies a fresh artifact with t
 `mnv4 verify` and the bench rebuild the reference from the manifest (`verify_manifest`)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
@@ -12,11 +12,11 @@ from ..artifact.files import sha256
 from ..artifact.manifest import Manifest
 from ..artifact.parity import RANDOM_INPUTS, verification_inputs, verify
 from ..errors import MNV4Error, PlatformUnsupportedError
-from ..runtimes import runner_class
+from ..runtimes import load
 from ..runtimes.torch import TorchRunner
 
 
-def reference_model(variant: str, weights: Optional[Path], resolution: Optional[int], seed: int = 0):
+def reference_model(variant: str, weights: Path | None, resolution: int | None, seed: int = 0):
     """The PyTorch model an artifact must reproduce, its preprocessing, and how its weights were obtained."""
     from ..model.factory import create_model
     from ..model.weights import seeded_calibrated_weights
@@ -35,16 +35,21 @@ def reference_model(variant: str, weights: Optional[Path], resolution: Optional[
 
 
 def verify_artifact(artifact: Path, model, preprocessing, tolerance: str, batch_sizes, threads: int,
-                    runner_factory: Optional[Callable] = None) -> dict:
+                    runner_factory: Callable | None = None) -> dict:
     """Parity of `artifact`, run by `runner_factory` (default: the runner `mnv4.runtimes` picks for it)."""
     try:
-        candidate = (runner_factory or runner_class(artifact))(artifact, threads=threads)
+        candidate = load(artifact, threads=threads, runner=runner_factory)
     except PlatformUnsupportedError as error:
-        return {"passed": None, "status": f"not executed on this platform: {error}"}
+        return not_executed(error)
     return verify(TorchRunner(model, threads=threads), candidate, preprocessing, tolerance, tuple(batch_sizes))
 
 
-def manifest_reference(artifact: Path, manifest: Manifest, weights: Optional[Path] = None):
+def not_executed(error: PlatformUnsupportedError) -> dict:
+    """The parity record of an artifact that cannot run on this platform: never a pass."""
+    return {"passed": None, "status": f"not executed on this platform: {error}"}
+
+
+def manifest_reference(artifact: Path, manifest: Manifest, weights: Path | None = None):
     """The reference model a manifest names: its checkpoint (or `weights`, which must be the same file by
     sha256), or the seeded weights it was exported with."""
     recorded = manifest.weights
@@ -61,8 +66,13 @@ def manifest_reference(artifact: Path, manifest: Manifest, weights: Optional[Pat
     return model, preprocessing
 
 
-def verify_manifest(artifact: Path, manifest: Manifest, weights: Optional[Path] = None, threads: int = 1) -> dict:
+def verify_manifest(artifact: Path, manifest: Manifest, weights: Path | None = None, threads: int = 1) -> dict:
     """Parity of an exported artifact against the reference its manifest names, at the batches it was
     verified at on export and with the limits of its precision."""
+    try:
+        candidate = load(artifact, threads=threads)  # first: a damaged file is refused before the reference is built
+    except PlatformUnsupportedError as error:
+        return not_executed(error)
     model, preprocessing = manifest_reference(artifact, manifest, weights)
-    return verify_artifact(artifact, model, preprocessing, manifest.tolerance, manifest.verify_batches, threads)
+    return verify(TorchRunner(model, threads=threads), candidate, preprocessing, manifest.tolerance,
+                  manifest.verify_batches)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 
 from ..artifact.formats import format_of
-from ..errors import MNV4Error
+from ..errors import DamagedArtifactError, MNV4Error, one_line
 from .base import Runner
 
 
@@ -14,11 +15,21 @@ def runner_class(path: str | Path) -> type[Runner]:
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
-def load(path: str | Path, threads: int = 1) -> Runner:
-    """The runner for an artifact (.onnx, .tflite, .pte, .mlpackage), ready to call on NCHW float32."""
-    if not Path(path).exists():
+def load(path: str | Path, threads: int = 1, runner: Callable[..., Runner] | None = None) -> Runner:
+    """The runner for an artifact (.onnx, .tflite, .pte, .mlpackage), ready to call on NCHW float32;
+    `runner` replaces the one its format names. An artifact its runtime cannot load (truncated, empty, a
+    directory, a broken package) is a DamagedArtifactError that says what the runtime said."""
+    path = Path(path)
+    if not path.exists():
         raise MNV4Error(f"artifact not found: {path}")
-    return runner_class(path)(path, threads=threads)
+    factory = runner or runner_class(path)
+    try:
+        return factory(path, threads=threads)
+    except MNV4Error:
+        raise
+    except Exception as error:  # the runtime's own complaint about the file, whatever its type
+        runtime = getattr(factory, "runtime", None) or format_of(path).label
+        raise DamagedArtifactError(f"{runtime} cannot load {path}: {one_line(error)}") from None
 
 
 __all__ = ["Runner", "load", "runner_class"]

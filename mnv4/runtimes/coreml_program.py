@@ -16,6 +16,7 @@ the operation, its output and its position: nothing is skipped.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import MissingExtraError, MNV4Error, UnsupportedOperationError
+from ..errors import DamagedArtifactError, MissingExtraError, MNV4Error, UnsupportedOperationError, one_line
 
+# Where coremltools saves the program and its weights (the root model is found through Manifest.json).
 MODEL_FILE = Path("Data/com.apple.CoreML/model.mlmodel")
 WEIGHTS_DIR = Path("Data/com.apple.CoreML/weights")
 FUNCTION = "main"
@@ -139,7 +141,7 @@ class BlobFiles:
         path = self.weights / file_name.split("/")[-1]
         if path not in self.readers:
             if not path.is_file():
-                raise MNV4Error(f"weight file {path} is missing")
+                raise DamagedArtifactError(f"cannot load {path.parents[3].name}: its weight file {path.name} is missing")
             from coremltools.libmilstoragepython import _BlobStorageReader
 
             self.readers[path] = _BlobStorageReader(str(path))
@@ -161,11 +163,13 @@ class Program:
             from coremltools.proto import Model_pb2
         except ImportError:
             raise MissingExtraError("The Core ML interpreter", "coreml") from None
-        model_file = self.package / MODEL_FILE
-        if not model_file.is_file():
-            raise MNV4Error(f"{self.package} is not an .mlpackage: {MODEL_FILE} is missing")
+        model_file = self._root_model()
         spec = Model_pb2.Model()
-        spec.ParseFromString(model_file.read_bytes())
+        try:
+            spec.ParseFromString(model_file.read_bytes())
+        except Exception as error:  # protobuf's DecodeError, or an unreadable file
+            raise DamagedArtifactError(f"cannot load {self.package.name}: {model_file.name} is not a Core ML model "
+                                       f"({one_line(error)})") from None
         if spec.WhichOneof("Type") != "mlProgram":
             raise MNV4Error(f"{self.package.name} holds a {spec.WhichOneof('Type')} model, not an ML program")
         self.spec = spec
@@ -185,6 +189,25 @@ class Program:
         self.constants = self._execute([op for op in self.block.operations if op.type.startswith("constexpr_")],
                                        self.constants)
         self.steps = [op for op in self.block.operations if op.type != "const" and not op.type.startswith("constexpr_")]
+
+    def _root_model(self) -> Path:
+        """The model file that the package's Manifest.json names as its root, found as Core ML finds it, so
+        that a package whose manifest Core ML could not read is refused here too. (coremltools' ModelPackage
+        would read it as well, but it writes the manifest back: a verifier must not change what it checks.)"""
+        manifest = self.package / "Manifest.json"
+        if not manifest.is_file():
+            raise DamagedArtifactError(f"cannot load {self.package}: it has no Manifest.json, so it is no .mlpackage")
+        try:
+            document = json.loads(manifest.read_text())
+            entry = document["itemInfoEntries"][document["rootModelIdentifier"]]
+            model_file = self.package / "Data" / entry["path"]
+        except (ValueError, KeyError, TypeError) as error:  # not JSON, or not the package format
+            raise DamagedArtifactError(f"cannot load {self.package.name}: its Manifest.json cannot be read "
+                                       f"({one_line(error)})") from None
+        if not model_file.is_file():
+            raise DamagedArtifactError(f"cannot load {self.package.name}: the model file its Manifest.json names is "
+                                       f"missing (Data/{entry['path']})")
+        return model_file
 
     def _check_supported(self, block, where: str) -> None:
         for index, op in enumerate(block.operations):
