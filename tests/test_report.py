@@ -21,8 +21,10 @@ def latency(median, spread=0.05):
 
 
 def parity(rel_err, cosine=0.999999, tolerance="fp32", passed=True, top1=1.0):
+    """A row's parity as the bench records it, with the artifact's and PyTorch float32's error against float64."""
     return {"rel_err": rel_err, "cosine": cosine, "top1_agreement": top1, "top5_agreement": 1.0,
-            "max_abs": rel_err * 12, "tolerance": tolerance, "passed": passed}
+            "max_abs": rel_err * 12, "tolerance": tolerance, "passed": passed,
+            "float64": {"artifact": {"rel_err": rel_err * 1.25}, "pytorch_fp32": {"rel_err": 1.5e-6}}}
 
 
 def row(fmt, runtime, median=None, *, source="mnv4", precision="fp32", threads=1, batch=1, device="cpu",
@@ -191,8 +193,8 @@ def test_markdown_has_the_command_the_numbers_and_every_reason(tmp_path, linux):
     onnx = ("| mnv4 | onnx | onnxruntime | cpu | fp32 | 1 | 1 | ok | 4.12 (3.91–4.53) | 4.16 ± 0.21 | 4.74 | 200 "
             "| 35.5 | 10.3 | 243 | 412 | 90.3 | 75.2% | 0.95× |")
     assert onnx in md
-    assert "| mnv4 | onnx | onnxruntime | cpu | fp32 | 1 | 1 | ok | 3.10e-06 | 0.999999 | 100% | 100% | 3.72e-05 | fp32 " \
-           "| 15.12 | 7.2 |" in md
+    assert "| mnv4 | onnx | onnxruntime | cpu | fp32 | 1 | 1 | ok | 3.10e-06 | 0.999999 | 100% | 100% | 3.72e-05 | 3.88e-06 " \
+           "| 1.50e-06 | fp32 | 15.12 | 7.2 |" in md
     assert "| parity-failed | 8.62e-02 | 0.995100 | 90.9% | 100% |" in md
     assert "| mnv4 | torch | torch-cuda-graphs | cuda | fp16 | — | 64 | ok | 2.95 (2.80–3.25) |" in md
     assert "| unavailable | unavailable: install mnv4[executorch] |" in md

@@ -25,6 +25,13 @@ THRESHOLDS = {
 def tolerance_for(precision: str, compute_dtype: str | None) -> str:
     """Which thresholds apply: by precision, and for fp16 by whether the arithmetic is float16 too."""
     return "fp16-arithmetic" if precision == "fp16" and compute_dtype == "float16" else precision
+# The truth is the model evaluated in float64. PyTorch float32 is itself an approximation of it, and on an
+# ill-conditioned input (random pixels through a hybrid's attention, a checkpoint with large activations) it
+# can be 1e-2 or more away. So an artifact passes an input where its error against float64 is within the
+# limit, or within TRUTH_FACTOR times PyTorch float32's own error against float64 on that input: as accurate
+# as the reference, if not close to it. An ONNX artifact of such a hybrid_medium checkpoint, whose errors are
+# of float32 rounding alone, came within 0.6x to 1.9x of PyTorch float32's error on every input.
+TRUTH_FACTOR = 4.0
 RANDOM_INPUTS = 2
 # A dynamic-batch artifact is verified at two batches: one image, and several at once.
 DYNAMIC_VERIFY_BATCHES = (1, 4)
@@ -69,11 +76,50 @@ def breaches(parity: Parity, tolerance: str) -> list[str]:
     found = []
     # Written as "not within" so that NaN (from NaN or infinite logits) fails instead of passing.
     if not parity.rel_err <= limits["rel_err"]:
-        found.append(f"relative error {parity.rel_err:.3g} > {limits['rel_err']:g} "
-                     + (f"({parity.rel_err / limits['rel_err']:.1f}x the limit)" if np.isfinite(parity.rel_err)
-                        else "(the artifact's logits are not finite)"))
+        found.append(_rel_err_breach(parity.rel_err, limits["rel_err"]))
     if limits["cosine"] is not None and not parity.cosine >= limits["cosine"]:
         found.append(f"cosine {parity.cosine:.6f} < {limits['cosine']}")
+    return found
+
+
+def _rel_err_breach(rel_err: float, limit: float) -> str:
+    return f"relative error {rel_err:.3g} > {limit:g} " + (
+        f"({rel_err / limit:.1f}x the limit)" if np.isfinite(rel_err) else "(the artifact's logits are not finite)")
+
+
+def _per_input(truth: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each input's relative error (max |d| / max |truth|) and cosine distance (1 - cosine)."""
+    truth, candidate = truth.astype(np.float64), candidate.astype(np.float64)
+    rel_err = np.abs(candidate - truth).max(axis=1) / np.maximum(np.abs(truth).max(axis=1), 1e-30)
+    norms = np.linalg.norm(truth, axis=1) * np.linalg.norm(candidate, axis=1)
+    with np.errstate(invalid="ignore"):
+        distance = 1.0 - (truth * candidate).sum(axis=1) / np.maximum(norms, 1e-30)
+    return rel_err, distance
+
+
+def truth_breaches(truth: np.ndarray, reference: np.ndarray, candidate: np.ndarray, tolerance: str,
+                   photos: int) -> list[str]:
+    """What fails against the float64 truth, input by input (see TRUTH_FACTOR); empty when parity holds.
+    `reference` is PyTorch float32's logits on the same inputs, whose own error sets what is attainable."""
+    limits = THRESHOLDS[tolerance]
+    rel_err, distance = _per_input(truth, candidate)
+    own_rel_err, own_distance = _per_input(truth, reference)
+    checks = [("relative error", rel_err, own_rel_err, limits["rel_err"])]
+    if limits["cosine"] is not None:
+        checks.append(("cosine distance", distance, own_distance, 1.0 - limits["cosine"]))
+    found = []
+    for name, error, own, limit in checks:
+        failing = ~((error <= limit) | (error <= TRUTH_FACTOR * own))  # NaN fails
+        if not failing.any():
+            continue
+        worst = int(np.flatnonzero(failing)[np.argmax(np.nan_to_num(error[failing], nan=np.inf))])
+        where = f"on {'photo' if worst < photos else 'random input'} {worst}"
+        if name == "relative error":
+            found.append(f"{_rel_err_breach(float(error[worst]), limit)} {where} against float64, where PyTorch "
+                         f"float32's own is {own[worst]:.2g}")
+        else:
+            found.append(f"cosine {1 - error[worst]:.6f} < {1 - limit:g} {where} against float64, where PyTorch "
+                         f"float32's own is {1 - own[worst]:.6f}")
     return found
 
 
@@ -94,20 +140,34 @@ def run_batched(runner, inputs: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([runner(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
 
 
-def verify(reference, candidate, preprocessing: Preprocessing, tolerance: str, batch_sizes: tuple[int, ...]) -> dict:
-    """Run both runners on photos + random inputs at each batch size; parity overall and on photos only."""
+def verify(reference, candidate, preprocessing: Preprocessing, tolerance: str, batch_sizes: tuple[int, ...],
+           truth) -> dict:
+    """Run both runners on photos + random inputs at each batch size and judge the candidate against the
+    float64 `truth` (a runner of the model in float64: the same float32 inputs, exactly, to float64 logits),
+    given PyTorch float32's own error.
+    The record keeps both views: against PyTorch float32 ("all", "photos", "worst") and against float64."""
     inputs = verification_inputs(preprocessing)
     photo_count = len(inputs) - RANDOM_INPUTS
     expected = run_batched(reference, inputs, max(batch_sizes))
-    results = {}
-    worst = None
+    exact = truth(inputs)
+    results, verdicts = {}, []
     for batch in batch_sizes:
         actual = run_batched(candidate, inputs, batch)
         overall = compare(expected, actual)
+        against_truth = truth_record(exact, expected, actual)
         results[f"batch_{batch}"] = {"all": overall.as_dict(),
-                                    "photos": compare(expected[:photo_count], actual[:photo_count]).as_dict()}
-        if worst is None or overall.rel_err > worst.rel_err:
-            worst = overall
-    failures = breaches(worst, tolerance)
+                                    "photos": compare(expected[:photo_count], actual[:photo_count]).as_dict(),
+                                    "float64": against_truth}
+        failures = truth_breaches(exact, expected, actual, tolerance, photo_count)
+        verdicts.append((bool(failures), against_truth["artifact"]["rel_err"], failures, overall, against_truth))
+    # The batch that decides: a failing one before a passing one, then the larger error against float64.
+    _, _, failures, worst, worst_truth = max(verdicts, key=lambda v: (v[0], np.nan_to_num(v[1], nan=np.inf)))
     return {"passed": not failures, "failures": failures, "tolerance": tolerance, "thresholds": THRESHOLDS[tolerance],
-            "inputs": {"photos": photo_count, "random": RANDOM_INPUTS}, "worst": worst.as_dict(), **results}
+            "truth": {"reference": "PyTorch float64", "factor": TRUTH_FACTOR},
+            "inputs": {"photos": photo_count, "random": RANDOM_INPUTS}, "worst": worst.as_dict(),
+            "worst_float64": worst_truth, **results}
+
+
+def truth_record(exact: np.ndarray, reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """The artifact's and PyTorch float32's parity against float64, side by side."""
+    return {"artifact": compare(exact, candidate).as_dict(), "pytorch_fp32": compare(exact, reference).as_dict()}

@@ -41,7 +41,13 @@ def verify_artifact(artifact: Path, model, preprocessing, tolerance: str, batch_
         candidate = load(artifact, threads=threads, runner=runner_factory)
     except PlatformUnsupportedError as error:
         return not_executed(error)
-    return verify(TorchRunner(model, threads=threads), candidate, preprocessing, tolerance, tuple(batch_sizes))
+    return verify_against(model, candidate, preprocessing, tolerance, tuple(batch_sizes), threads)
+
+
+def verify_against(model, candidate, preprocessing, tolerance: str, batch_sizes: tuple[int, ...], threads: int) -> dict:
+    """Parity of a loaded candidate with `model` in float32 and the truth, `model` in float64."""
+    return verify(TorchRunner(model, threads=threads), candidate, preprocessing, tolerance, batch_sizes,
+                  truth=TorchRunner(model, threads=threads, mode="float64"))
 
 
 def not_executed(error: PlatformUnsupportedError) -> dict:
@@ -74,5 +80,4 @@ def verify_manifest(artifact: Path, manifest: Manifest, weights: Path | None = N
     except PlatformUnsupportedError as error:
         return not_executed(error)
     model, preprocessing = manifest_reference(artifact, manifest, weights)
-    return verify(TorchRunner(model, threads=threads), candidate, preprocessing, manifest.tolerance,
-                  manifest.verify_batches)
+    return verify_against(model, candidate, preprocessing, manifest.tolerance, tuple(manifest.verify_batches), threads)

@@ -255,14 +255,19 @@ def _latency_cells(row: dict) -> list[str]:
             percent(row["peak_fraction"]), times(row["ratio_vs_timm"])]
 
 
+# Against PyTorch float32, then against the truth, float64: the artifact's error and PyTorch float32's own.
 PARITY_COLUMNS = [("rel err", True), ("cosine", True), ("top-1", True), ("top-5", True), ("max |Δ|", True),
+                  ("vs float64", True), ("fp32 vs float64", True),
                   ("tolerance", False), ("size MB", True), ("export s", True)]
 
 
 def _parity_cells(row: dict) -> list[str]:
     parity = row["parity"] or {}
+    truth = parity.get("float64") or {}  # results of mnv4 before the float64 truth have none
     size = row["artifact_bytes"]
     return [scientific(parity.get("rel_err")), fixed(parity.get("cosine"), 6),
             agreement(parity.get("top1_agreement")), agreement(parity.get("top5_agreement")),
-            scientific(parity.get("max_abs")), text(parity.get("tolerance")),
+            scientific(parity.get("max_abs")),
+            *(scientific(truth.get(side, {}).get("rel_err")) for side in ("artifact", "pytorch_fp32")),
+            text(parity.get("tolerance")),
             "—" if size is None else f"{size / 1e6:.2f}", fixed(row["export_seconds"], 1)]
