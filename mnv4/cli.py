@@ -25,14 +25,15 @@ def imagenet_class_names() -> list[str]:
     return resources.files("mnv4").joinpath("assets/imagenet_classes.txt").read_text().splitlines()
 
 
-def print_top_classes(logits, top: int) -> None:
-    """One line per class, most probable first: rank, ImageNet name (for 1000 classes), index, softmax %."""
+def print_top_classes(logits, top: int, names: list[str] | None = None) -> None:
+    """One line per class, most probable first: rank, name (`names`, else ImageNet's for 1000 classes),
+    index, softmax %."""
     import numpy as np
 
     logits = np.asarray(logits, dtype=np.float64)
     probabilities = np.exp(logits - logits.max())
     probabilities /= probabilities.sum()
-    names = imagenet_class_names() if len(probabilities) == 1000 else None
+    names = names or (imagenet_class_names() if len(probabilities) == 1000 else None)
     for rank, index in enumerate(np.argsort(-probabilities)[:top], start=1):
         label = names[index] if names else f"class {index}"
         typer.echo(f"{rank}. {label} (index {index}): {probabilities[index] * 100:.2f}%")
@@ -82,11 +83,15 @@ def _print_parity(parity: dict, stream) -> None:
     if parity.get("passed") is None:
         print(f"  parity: {parity['status']}", file=stream)
         return
-    worst = parity["worst"]
+    worst, truth = parity["worst"], parity.get("worst_float64")
     verdict = "PASS" if parity["passed"] else "FAIL: " + "; ".join(parity["failures"])
+    against_truth = (f"; against float64: artifact {truth['artifact']['rel_err']:.1e}, PyTorch fp32 "
+                     f"{truth['pytorch_fp32']['rel_err']:.1e}, top-1 {truth['artifact']['top1_agreement']:.0%}"
+                     if truth else "")
     print(f"  parity on {parity['inputs']['photos']} photos + {parity['inputs']['random']} random inputs: "
           f"rel err {worst['rel_err']:.2e}, max |d| {worst['max_abs']:.2e}, cosine {worst['cosine']:.6f}, "
-          f"top-1 {worst['top1_agreement']:.0%}, top-5 {worst['top5_agreement']:.0%} -> {verdict}", file=stream)
+          f"top-1 {worst['top1_agreement']:.0%}, top-5 {worst['top5_agreement']:.0%} vs PyTorch fp32"
+          f"{against_truth} -> {verdict}", file=stream)
 
 
 @app.command("export")
@@ -106,6 +111,8 @@ def export_command(
         False, "--image-input", help="Core ML: an RGB image input, normalised inside the model (batch 1)."),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Artifact path (with --format all: a folder). Default: a name in the current folder."),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="Class names, one per line, recorded in the manifest (`mnv4 run` prints them)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing artifact."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip running the artifact against PyTorch."),
     threads: int = typer.Option(1, "--threads", min=1, help="Runtime threads used for verification."),
@@ -126,7 +133,7 @@ def export_command(
     formats = list(FORMATS) if format == "all" else [format]
     request = ExportRequest(variant=variant, weights=weights, resolution=resolution, precision=precision,
                             batch=batch, dynamic_batch=dynamic_batch, nhwc=nhwc, image_input=image_input,
-                            verify=not no_verify, threads=threads)
+                            verify=not no_verify, threads=threads, labels=labels)
     for fmt in formats:
         check_request(fmt, request)
     manifests, failed = [], []
@@ -177,7 +184,7 @@ def run(
         pixels = np.repeat(pixels, manifest.batch, axis=0)
     with captured(not verbose):
         logits = load(artifact, threads=threads)(pixels)[0]
-    print_top_classes(logits, top)
+    print_top_classes(logits, top, manifest.labels)
 
 
 @app.command()

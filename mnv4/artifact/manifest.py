@@ -34,6 +34,7 @@ class Manifest:
     weights: dict  # kind "checkpoint" (path, sha256) or "seeded-calibrated" (seed, logit scale)
     versions: dict
     export_seconds: float
+    labels: list[str] | None = None  # class names (`--labels`); None: ImageNet's for 1000 classes
     facts: dict = field(default_factory=dict)  # the exporter's record of the artifact's interface
     parity: dict = field(default_factory=dict)
     schema: int = SCHEMA
@@ -81,6 +82,10 @@ class Manifest:
         for key in _PREPROCESSING_KEYS:
             if key not in document["preprocessing"]:
                 raise MNV4Error(f"manifest {source} is missing the key 'preprocessing.{key}'")
+        labels = document.get("labels")
+        if labels is not None and not (isinstance(labels, list) and len(labels) == document["num_classes"]
+                                       and all(isinstance(name, str) for name in labels)):
+            raise MNV4Error(f"manifest {source} has a bad value for 'labels': not {document['num_classes']} names")
         if document["schema"] != SCHEMA:
             raise MNV4Error(f"manifest {source} has schema {document['schema']!r}; this mnv4 reads schema {SCHEMA}")
         named = {f.name for f in fields(cls)} - _NOT_TOP_LEVEL

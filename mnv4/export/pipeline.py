@@ -55,6 +55,19 @@ class ExportRequest:
     image_input: bool = False  # Core ML only: an RGB image input with the normalisation inside the model
     verify: bool = True
     threads: int = 1
+    labels: Path | None = None  # class names, one per line, for the manifest
+
+
+def read_labels(path: Path) -> list[str]:
+    """Class names, one per line (trailing blank lines ignored); each must be a non-empty line."""
+    try:
+        names = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise MNV4Error(f"cannot read --labels {path}: {getattr(error, 'strerror', None) or error}") from None
+    names = [name.strip() for name in names]
+    if not all(names):
+        raise MNV4Error(f"--labels {path} has an empty line {names.index('') + 1}: give one class name per line")
+    return names
 
 
 def default_output(request: ExportRequest, fmt: str, resolution: int) -> Path:
@@ -91,8 +104,11 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
     output = Path(output or default_output(request, fmt, resolution))
     check_output(output, artifact_format, force)
     remove_stale_partials(output)
+    labels = read_labels(request.labels) if request.labels else None
     step(f"building {request.variant}")
     model, preprocessing, weights = reference_model(request.variant, request.weights, request.resolution)
+    if labels is not None and len(labels) != model.num_classes:
+        raise MNV4Error(f"--labels {request.labels} names {len(labels)} classes; the model has {model.num_classes}")
     partial = partial_path(output)
     example_batch = max(2, request.batch) if request.dynamic_batch else request.batch
     example = torch.from_numpy(np.random.default_rng(0).standard_normal(
@@ -119,7 +135,7 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
             format=fmt, artifact=output.name, sha256=sha256(partial), bytes=artifact_bytes(partial),
             variant=request.variant, resolution=preprocessing.resolution,
             batch=DYNAMIC if request.dynamic_batch else request.batch, precision=request.precision,
-            num_classes=model.num_classes,
+            num_classes=model.num_classes, labels=labels,
             preprocessing={"crop_pct": preprocessing.crop_pct, "interpolation": preprocessing.interpolation,
                            "mean": list(preprocessing.mean), "std": list(preprocessing.std)},
             weights=weights, versions={"mnv4": _version(), "torch": torch.__version__, **facts.pop("toolchain", {})},

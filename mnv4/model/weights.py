@@ -53,16 +53,29 @@ def _describe(keys) -> str:
     return shown + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a checkpoint into `model`, exactly: every key must match in name and shape, except that a
-    classifier of another size, or any head on a features-only model, is left out and reported."""
-    state = read_state_dict(path)
+def checkpoint_classes(state: dict[str, torch.Tensor] | None) -> int | None:
+    """The number of classes a checkpoint's classifier has; None for a checkpoint without one."""
+    weight = (state or {}).get("classifier.weight")
+    return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
+
+
+def _only_classes_differ(weight: torch.Tensor, expected: torch.Tensor | None) -> bool:
+    """A classifier for another number of classes on the same features: the one difference that a new
+    classifier makes good. Any other shape (other features: another variant's head) is a mis-shaped key."""
+    return (expected is not None and weight.shape != expected.shape and weight.ndim == expected.ndim == 2
+            and weight.shape[1] == expected.shape[1])
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load a checkpoint (`state`, when the caller has read it already) into `model`, exactly: every key must
+    match in name and shape, except that a classifier of another size, or any head on a features-only
+    model, is left out and reported."""
+    state = read_state_dict(path) if state is None else state
     expected = model.state_dict()
     if getattr(model, "features_only", False):
         state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
-    elif all(k in state for k in CLASSIFIER_KEYS) and state["classifier.weight"].shape != expected.get(
-        "classifier.weight", torch.empty(0)
-    ).shape:
+    elif all(k in state for k in CLASSIFIER_KEYS) and _only_classes_differ(state["classifier.weight"],
+                                                                          expected.get("classifier.weight")):
         logger.warning(
             "checkpoint %s has a %d-class classifier; keeping its backbone and initialising a new "
             "%d-class classifier", Path(path).name, state["classifier.weight"].shape[0], model.num_classes,
