@@ -79,19 +79,42 @@ def predict(
         print_top_classes(model(batch)[0].numpy(), top)
 
 
+@app.command()
+def fixture(
+    variant: str = typer.Option("conv_small", "--variant", "-v", help=VARIANT_HELP),
+):
+    """Train VARIANT on the digits (scikit-learn's, offline), or find it in the cache: the trained checkpoint
+    on which reduced precision is judged by accuracy. Prints its path; pass it to export with --weights."""
+    from rich.console import Console
+
+    from .chatter import terminal
+    from .model.task import held_out_accuracy, trained_fixture
+
+    with Console(file=terminal()).status("starting") as status:
+        path = trained_fixture(variant, progress=status.update)
+    typer.echo(f"{path}  (held-out top-1 {held_out_accuracy(path):.1%}; export it with --weights and "
+               f"--resolution 64)")
+
+
 def _print_parity(parity: dict, stream) -> None:
     if parity.get("passed") is None:
         print(f"  parity: {parity['status']}", file=stream)
         return
     worst, truth = parity["worst"], parity.get("worst_float64")
     verdict = "PASS" if parity["passed"] else "FAIL: " + "; ".join(parity["failures"])
-    against_truth = (f"; against float64: artifact {truth['artifact']['rel_err']:.1e}, PyTorch fp32 "
-                     f"{truth['pytorch_fp32']['rel_err']:.1e}, top-1 {truth['artifact']['top1_agreement']:.0%}"
-                     if truth else "")
+    evidence = (f"; against float64: artifact {truth['artifact']['rel_err']:.1e}, PyTorch fp32 "
+                f"{truth['pytorch_fp32']['rel_err']:.1e}, top-1 {truth['artifact']['top1_agreement']:.0%}"
+                if truth else "")
+    task = parity.get("task")
+    if task and "top1" in task:
+        evidence += (f"; held-out top-1 on the {task['task']} {task['top1']['artifact']:.1%} (PyTorch fp32 "
+                     f"{task['top1']['pytorch_fp32']:.1%})")
+    elif task:
+        evidence += f"; {task['task']} accuracy {task['status']}"
     print(f"  parity on {parity['inputs']['photos']} photos + {parity['inputs']['random']} random inputs: "
           f"rel err {worst['rel_err']:.2e}, max |d| {worst['max_abs']:.2e}, cosine {worst['cosine']:.6f}, "
           f"top-1 {worst['top1_agreement']:.0%}, top-5 {worst['top5_agreement']:.0%} vs PyTorch fp32"
-          f"{against_truth} -> {verdict}", file=stream)
+          f"{evidence} -> {verdict}", file=stream)
 
 
 @app.command("export")

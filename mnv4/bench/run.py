@@ -26,6 +26,7 @@ from ..artifact.formats import FORMATS, TORCH
 from ..artifact.parity import RANDOM_INPUTS, compare, truth_breaches, truth_record, verification_inputs
 from ..errors import MissingExtraError, one_line
 from ..export import ExportRequest, export
+from ..model.task import held_out_for, predict, task_record
 from .latency import summarise
 from .plan import CUDA_BATCHES, BenchOptions, Row, check_options, plan
 from .worker import timed_batch
@@ -64,6 +65,11 @@ class Bench:
         np.save(self.inputs_path, self.inputs)
         self.reference_logits = TorchRunner(model)(self.inputs)
         self.truth_logits = TorchRunner(model, mode="float64")(self.inputs)
+        # A model trained on mnv4's task (the fixture): every row's held-out accuracy too.
+        self.held_out, self.task_not_measured = held_out_for(options.weights, preprocessing)
+        if self.held_out is not None:
+            np.save(self.work / "task_inputs.npy", self.held_out.images)
+            self.held_out_reference = predict(model, self.held_out.images)
         self.progress("measuring the machine's fp32 FMA peak", 0, len(rows))
         machine = machine_info()
         self.cuda_available = machine["gpu"] is not None
@@ -181,8 +187,15 @@ class Bench:
             parity = compare(self.reference_logits, logits)
             failures = truth_breaches(self.truth_logits, self.reference_logits, logits, row.tolerance,
                                       photos=len(self.inputs) - RANDOM_INPUTS)
-            row.parity = {**parity.as_dict(), "tolerance": row.tolerance, "passed": not failures,
+            row.parity = {**parity.as_dict(), "tolerance": row.tolerance,
                           "float64": truth_record(self.truth_logits, self.reference_logits, logits)}
+            if self.task_not_measured:
+                row.parity["task"] = self.task_not_measured
+            if self.held_out is not None:
+                task = task_record(np.load(self.work / "task_logits.npy"), self.held_out_reference, self.held_out)
+                row.parity["task"] = task
+                failures += [] if task["passed"] else [task["failure"]]
+            row.parity["passed"] = not failures
             if failures:
                 row.status, row.reason = "parity-failed", "; ".join(failures)
         if not result["measures_latency"] and row.status == "ok":
@@ -221,6 +234,8 @@ class Bench:
             "num_classes": self.model.num_classes, "mode": row.mode, "device": row.device,
             "precision": row.precision, "threads": row.threads or 1, "batch": row.batch,
             "inputs": str(self.inputs_path), "logits": str(self.work / "logits.npy"),
+            "task_inputs": str(self.work / "task_inputs.npy") if self.held_out is not None else None,
+            "task_logits": str(self.work / "task_logits.npy"),
             "warmup": options.warmup, "iterations": options.iterations, "min_seconds": options.min_seconds,
         }
 

@@ -179,6 +179,9 @@ def measure(job: dict) -> dict:
     times = time_calls(call, job["warmup"], job["iterations"], job["min_seconds"]) if measures_latency else None
     # Parity at the row's own batch size (a CUDA graph takes no other).
     np.save(job["logits"], run_in_artifact_batches(inputs, "NCHW", np.float32, job["batch"], logits_of))
+    if job.get("task_inputs"):  # the trained fixture's held-out digits
+        np.save(job["task_logits"], run_in_artifact_batches(np.load(job["task_inputs"]), "NCHW", np.float32,
+                                                            job["batch"], logits_of))
     return {"load_ms": load_ms, "first_inference_ms": first_inference_ms, "times_ms": times,
             "peak_rss_mb": round(peak_rss_mb(), 1), "measures_latency": measures_latency}
 

@@ -12,6 +12,7 @@ from ..artifact.files import sha256
 from ..artifact.manifest import Manifest
 from ..artifact.parity import RANDOM_INPUTS, verification_inputs, verify
 from ..errors import MNV4Error, PlatformUnsupportedError
+from ..model.task import held_out_for, predict, task_record
 from ..runtimes import load
 from ..runtimes.torch import TorchRunner
 
@@ -45,9 +46,20 @@ def verify_artifact(artifact: Path, model, preprocessing, tolerance: str, batch_
 
 
 def verify_against(model, candidate, preprocessing, tolerance: str, batch_sizes: tuple[int, ...], threads: int) -> dict:
-    """Parity of a loaded candidate with `model` in float32 and the truth, `model` in float64."""
-    return verify(TorchRunner(model, threads=threads), candidate, preprocessing, tolerance, batch_sizes,
-                  truth=TorchRunner(model, threads=threads, mode="float64"))
+    """Parity of a loaded candidate with `model` in float32 and the truth, `model` in float64; for a model
+    trained on mnv4's task (the fixture), also its held-out accuracy against PyTorch float32's."""
+    parity = verify(TorchRunner(model, threads=threads), candidate, preprocessing, tolerance, batch_sizes,
+                    truth=TorchRunner(model, threads=threads, mode="float64"))
+    held_out, not_measured = held_out_for(getattr(model, "checkpoint", None), preprocessing)
+    if not_measured:
+        parity["task"] = not_measured
+    elif held_out:
+        parity["task"] = task_record(predict(candidate, held_out.images),
+                                     predict(TorchRunner(model, threads=threads), held_out.images), held_out)
+        if not parity["task"]["passed"]:
+            parity["passed"] = False
+            parity["failures"].append(parity["task"]["failure"])
+    return parity
 
 
 def not_executed(error: PlatformUnsupportedError) -> dict:
