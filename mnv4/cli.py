@@ -350,12 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     `--debug`, anywhere on the command line, shows the traceback of an internal error."""
     import signal
     import sys
-    import traceback
 
-    try:  # typer raises click's exceptions, from its own copy of click since typer 0.2x
-        from typer._click import exceptions as click
-    except ImportError:
-        from click import exceptions as click
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [arg for arg in args if arg != "--debug"]
@@ -375,29 +370,44 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, stop)
     try:
         code = app(args=args, prog_name="mnv4", standalone_mode=False)
-        if stopped_by:  # typer turns KeyboardInterrupt into a plain exit 130
-            return interrupted()
-        return code if isinstance(code, int) else EXIT_OK
-    except MNV4Error as error:
+    except (typer.Abort, KeyboardInterrupt):
+        return interrupted()
+    except Exception as error:
+        # A signal may surface as another exception (a library that turns the KeyboardInterrupt raised
+        # inside its import into an ImportError, say): then the signal is what happened.
+        return interrupted() if stopped_by else _failure(error, debug)
+    if stopped_by:  # typer turns KeyboardInterrupt into a plain exit 130
+        return interrupted()
+    return code if isinstance(code, int) else EXIT_OK
+
+
+def _failure(error: Exception, debug: bool) -> int:
+    """One `error:` line for a failed command, and its exit code."""
+    import sys
+    import traceback
+
+    try:  # typer raises click's exceptions, from its own copy of click since typer 0.2x
+        from typer._click import exceptions as click
+    except ImportError:
+        from click import exceptions as click
+
+    if isinstance(error, MNV4Error):
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except click.NoArgsIsHelpError:
+    if isinstance(error, click.NoArgsIsHelpError):
         return EXIT_BAD_INPUT  # the help is already on the screen
-    except click.UsageError as error:
+    if isinstance(error, click.UsageError):
         hint = f" (see {error.ctx.command_path} --help)" if error.ctx else ""
         print(f"error: {error.format_message()}{hint}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (typer.Abort, KeyboardInterrupt):
-        return interrupted()
-    except click.ClickException as error:  # click's own file errors and the like
+    if isinstance(error, click.ClickException):  # click's own file errors and the like
         print(f"error: {error.format_message()}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as error:
-        if debug:
-            traceback.print_exc()
-        where = "" if debug else "; run it again with --debug for the traceback"
-        print(f"error: internal error in mnv4 ({one_line(error)}){where}", file=sys.stderr)
-        return EXIT_INTERNAL_ERROR
+    if debug:
+        traceback.print_exception(error)
+    where = "" if debug else "; run it again with --debug for the traceback"
+    print(f"error: internal error in mnv4 ({one_line(error)}){where}", file=sys.stderr)
+    return EXIT_INTERNAL_ERROR
 
 
 def run_main() -> None:
