@@ -88,12 +88,13 @@ def fixture(
     from rich.console import Console
 
     from .chatter import terminal
-    from .model.task import held_out_accuracy, trained_fixture
+    from .model.task import Recipe, held_out_accuracy, trained_fixture
 
+    recipe = Recipe(variant)
     with Console(file=terminal()).status("starting") as status:
-        path = trained_fixture(variant, progress=status.update)
+        path = trained_fixture(variant, recipe, progress=status.update)
     typer.echo(f"{path}  (held-out top-1 {held_out_accuracy(path):.1%}; export it with --weights and "
-               f"--resolution 64)")
+               f"--resolution {recipe.resolution})")
 
 
 def _print_parity(parity: dict, stream) -> None:

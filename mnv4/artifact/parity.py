@@ -54,8 +54,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
     reference = reference.astype(np.float64)
     candidate = candidate.astype(np.float64)
     delta = np.abs(candidate - reference)
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
-    cosine = (reference * candidate).sum(axis=1) / np.maximum(norms, 1e-30)
+    cosine = _cosines(reference, candidate)
     k = min(5, reference.shape[1])
     top_reference = np.argsort(-reference, axis=1)[:, :k]
     top_candidate = np.argsort(-candidate, axis=1)[:, :k]
@@ -87,14 +86,18 @@ def _rel_err_breach(rel_err: float, limit: float) -> str:
         f"({rel_err / limit:.1f}x the limit)" if np.isfinite(rel_err) else "(the artifact's logits are not finite)")
 
 
+def _cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """The cosine similarity of each input's two logit vectors (float64 arrays); NaN where one is not finite."""
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+    with np.errstate(invalid="ignore"):
+        return (reference * candidate).sum(axis=1) / np.maximum(norms, 1e-30)
+
+
 def _per_input(truth: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each input's relative error (max |d| / max |truth|) and cosine distance (1 - cosine)."""
     truth, candidate = truth.astype(np.float64), candidate.astype(np.float64)
     rel_err = np.abs(candidate - truth).max(axis=1) / np.maximum(np.abs(truth).max(axis=1), 1e-30)
-    norms = np.linalg.norm(truth, axis=1) * np.linalg.norm(candidate, axis=1)
-    with np.errstate(invalid="ignore"):
-        distance = 1.0 - (truth * candidate).sum(axis=1) / np.maximum(norms, 1e-30)
-    return rel_err, distance
+    return rel_err, 1.0 - _cosines(truth, candidate)
 
 
 def truth_breaches(truth: np.ndarray, reference: np.ndarray, candidate: np.ndarray, tolerance: str,

@@ -131,15 +131,16 @@ def _train(model: torch.nn.Module, training: Split, recipe: Recipe, progress) ->
 
 def predict(runner, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """Logits of a model or a runner on `images`, `batch` at a time."""
-    outputs = []
-    for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
-        if isinstance(runner, torch.nn.Module):
+    from ..artifact.parity import run_batched
+
+    if isinstance(runner, torch.nn.Module):
+        model = runner
+
+        def runner(chunk: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                outputs.append(runner(torch.from_numpy(chunk)).numpy())
-        else:
-            outputs.append(runner(chunk))
-    return np.concatenate(outputs)
+                return model(torch.from_numpy(chunk)).numpy()
+
+    return run_batched(runner, images, batch)
 
 
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:
