@@ -8,7 +8,10 @@ from pathlib import Path
 
 from ..errors import MNV4Error, UnsupportedOptionError
 
-PRECISIONS = ("fp32", "fp16")
+# int8: post-training static quantization (int8 weights and activations, calibrated on images);
+# int8-weights: int8 weights only, activations in float (TFLite's dynamic range, Core ML's weight-only).
+PRECISIONS = ("fp32", "fp16", "int8", "int8-weights")
+CALIBRATED = ("int8",)  # the precisions whose export needs calibration images
 LAYOUTS = ("NCHW", "NHWC")
 BATCH_MODES = ("fixed", "dynamic")
 
@@ -21,10 +24,12 @@ class Format:
     extra: str  # pip install 'mnv4[extra]' brings its toolchain and runtime
     runner: str  # "module:Class" under mnv4.runtimes
     color: str  # the report's colour for its rows
-    precisions: tuple[str, ...] = PRECISIONS
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     layouts: tuple[str, ...] = ("NCHW",)
     batch_modes: tuple[str, ...] = BATCH_MODES
     image_input: bool = False  # an RGB image input with the normalisation inside (--image-input)
+    int8_io: bool = False  # an int8 artifact may take and give int8 tensors (--int8-io), for NPUs
+
 
     @property
     def exporter(self) -> str:
@@ -32,7 +37,7 @@ class Format:
         return self.name
 
     def check(self, *, precision: str = "fp32", nhwc: bool = False, dynamic_batch: bool = False,
-              image_input: bool = False) -> None:
+              image_input: bool = False, int8_io: bool = False) -> None:
         """Refuse, in one line, an option this format cannot honour."""
         if precision not in self.precisions:
             raise UnsupportedOptionError(f"{self.label} export supports precision {' or '.join(self.precisions)}, "
@@ -46,14 +51,20 @@ class Format:
         if image_input and not self.image_input:
             raise UnsupportedOptionError(f"--image-input is only for Core ML (an image input type); {self.name} "
                                          f"takes the normalised tensor")
+        if int8_io and not (self.int8_io and precision == "int8"):
+            with_io = ", ".join(f.name for f in FORMATS.values() if f.int8_io)
+            raise UnsupportedOptionError(f"--int8-io is for --precision int8 of {with_io} (integer input and output "
+                                         f"for NPUs), not {self.name} {precision}")
 
 
 FORMATS: dict[str, Format] = {row.name: row for row in (
     Format("onnx", "ONNX", ".onnx", "onnx", "onnxruntime:OnnxRuntimeRunner", "#1f77b4"),
-    Format("tflite", "TFLite", ".tflite", "tflite", "litert:LiteRTRunner", "#ff7f0e", layouts=LAYOUTS),
+    Format("tflite", "TFLite", ".tflite", "tflite", "litert:LiteRTRunner", "#ff7f0e", layouts=LAYOUTS,
+           precisions=PRECISIONS, int8_io=True),
     Format("executorch", "ExecuTorch", ".pte", "executorch", "executorch:ExecuTorchRunner", "#2ca02c",
            layouts=LAYOUTS),
-    Format("coreml", "Core ML", ".mlpackage", "coreml", "coreml:CoreMLRunner", "#9467bd", image_input=True),
+    Format("coreml", "Core ML", ".mlpackage", "coreml", "coreml:CoreMLRunner", "#9467bd", image_input=True,
+           precisions=PRECISIONS),
 )}
 # PyTorch itself, measured beside the artifacts by the bench: a reference, not an artifact format.
 TORCH = "torch"

@@ -5,49 +5,13 @@ from __future__ import annotations
 import os
 import platform
 import socket
-import subprocess
-import sys
 import time
 from importlib import metadata
-from pathlib import Path
 
-# The instruction-set extensions that decide which kernels the runtimes pick.
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "neon", "asimd", "fphp", "asimdhp",
-             "asimddp", "i8mm", "bf16", "sve", "sve2")
+from ..cpu import ISA_FLAGS, cpuinfo
+
 LIBRARIES = ("mnv4", "torch", "numpy", "onnx", "onnxruntime", "onnxscript", "litert-torch", "ai-edge-litert",
              "executorch", "coremltools", "timm")
-
-
-def _cpuinfo() -> dict:
-    """Model name, flags and physical core count from /proc/cpuinfo (Linux); macOS asks sysctl."""
-    if sys.platform == "darwin":
-        def sysctl(key: str) -> str:
-            return subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, check=False).stdout.strip()
-        features = [name.removeprefix("hw.optional.arm.").lower() for name in
-                    subprocess.run(["sysctl", "hw.optional"], capture_output=True, text=True,
-                                   check=False).stdout.split("\n")
-                    if name.endswith(": 1")]
-        return {"cpu_model": sysctl("machdep.cpu.brand_string"), "physical_cores": int(sysctl("hw.physicalcpu") or 0)
-                or None, "flags": {feature.split(":")[0].split(".")[-1] for feature in features} | {"neon"}}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"cpu_model": platform.processor(), "physical_cores": None, "flags": set()}
-    model, flags, cores = platform.processor(), set(), set()
-    physical_id = core_id = None
-    for line in text.splitlines():
-        key, _, value = (part.strip() for part in line.partition(":"))
-        if key in ("model name", "Model", "Hardware") and value:
-            model = value
-        elif key in ("flags", "Features"):
-            flags.update(value.split())
-        elif key == "physical id":
-            physical_id = value
-        elif key == "core id":
-            core_id = value
-            cores.add((physical_id, core_id))
-    return {"cpu_model": model, "physical_cores": len(cores) or None, "flags": flags}
 
 
 def _memory_gb() -> float | None:
@@ -95,7 +59,7 @@ def fma_peak_gflops_per_thread(seconds: float = 1.0) -> float:
 
 
 def machine_info(measure_peak: bool = True) -> dict:
-    cpu = _cpuinfo()
+    cpu = cpuinfo()
     gpu = _gpu()
     return {
         "id": f"{socket.gethostname()}-{platform.system().lower()}-{platform.machine()}",
