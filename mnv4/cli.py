@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from .artifact.formats import FORMATS, PRECISIONS, TORCH
+from .artifact.parity import MAX_TOP1_LOSS_POINTS
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARITY_FAILED, MNV4Error, one_line
 
 app = typer.Typer(
@@ -118,6 +119,19 @@ def _print_parity(parity: dict, stream) -> None:
           f"{evidence} -> {verdict}", file=stream)
 
 
+def _print_quantization(manifest, stream) -> None:
+    """What an int8 export did: its recipe, what it calibrated on, and which operators stayed float."""
+    quantization = manifest.facts.get("quantization")
+    if not quantization:
+        return
+    print(f"  quantized: {quantization['recipe']}", file=stream)
+    if manifest.calibration:
+        print(f"  calibrated on {manifest.calibration['count']} images: {manifest.calibration['source']}", file=stream)
+    float_ops = quantization.get("float_ops") or {}
+    print(f"  {quantization.get('quantized_ops', '?')} operators in int8; in float: "
+          + (", ".join(f"{name} x{count}" for name, count in float_ops.items()) or "none"), file=stream)
+
+
 @app.command("export")
 def export_command(
     format: str = typer.Option("tflite", "--format", "-f", help=FORMAT_HELP),
@@ -127,7 +141,18 @@ def export_command(
         help="Checkpoint to export. Default: reproducible seeded weights, BatchNorm calibrated on photos."),
     resolution: int | None = typer.Option(None, "--resolution", "-r", min=32,
                                              help="Input resolution (default: the variant's)."),
-    precision: str = typer.Option("fp32", "--precision", "-p", help=" or ".join(PRECISIONS) + "."),
+    precision: str = typer.Option(
+        "fp32", "--precision", "-p",
+        help=f"{', '.join(PRECISIONS)}. int8: weights and activations, calibrated on images; int8-weights: weights only."),
+    calibration: Path | None = typer.Option(
+        None, "--calibration", help="int8: a directory of images to calibrate on (default: built-in photos, never the "
+        "verification ones; the trained fixture's own training digits)."),
+    calibration_count: int | None = typer.Option(
+        None, "--calibration-count", help="int8: how many calibration images (default: up to 64, spread over DIR)."),
+    int8_io: bool = typer.Option(False, "--int8-io", help="TFLite int8: int8 input and output tensors (NPUs, Edge TPU)."),
+    max_accuracy_loss: float = typer.Option(
+        MAX_TOP1_LOSS_POINTS, "--max-accuracy-loss",
+        help="Points of held-out top-1 an artifact of the trained fixture may lose against PyTorch float32."),
     batch: int = typer.Option(1, "--batch", "-b", help="Fixed batch size of the artifact."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Leave the batch axis free."),
     nhwc: bool = typer.Option(False, "--nhwc", help="Channels-last (NHWC) input, where the format supports it."),
@@ -157,7 +182,8 @@ def export_command(
     formats = list(FORMATS) if format == "all" else [format]
     request = ExportRequest(variant=variant, weights=weights, resolution=resolution, precision=precision,
                             batch=batch, dynamic_batch=dynamic_batch, nhwc=nhwc, image_input=image_input,
-                            verify=not no_verify, threads=threads, labels=labels)
+                            verify=not no_verify, threads=threads, labels=labels, calibration=calibration,
+                            calibration_count=calibration_count, int8_io=int8_io, max_accuracy_loss=max_accuracy_loss)
     for fmt in formats:
         check_request(fmt, request)
     manifests, failed = [], []
@@ -175,6 +201,7 @@ def export_command(
         if not quiet:
             console.print(f"[green]wrote[/green] {manifest.artifact} ({manifest.bytes / 1e6:.1f} MB, "
                           f"exported in {manifest.export_seconds:.1f} s)")
+            _print_quantization(manifest, stream)
             _print_parity(manifest.parity, stream)
     if json_output:
         typer.echo(json.dumps(manifests if format == "all" else (manifests[0] if manifests else {}), indent=2))
@@ -217,6 +244,8 @@ def verify(
     weights: Path | None = typer.Option(None, "--weights", "-w",
                                            help="The checkpoint it was exported from (default: the manifest's)."),
     threads: int = typer.Option(1, "--threads", min=1, help="Runtime threads."),
+    max_accuracy_loss: float | None = typer.Option(
+        None, "--max-accuracy-loss", help="Points of held-out top-1 the trained fixture may lose (default: as exported)."),
     json_output: bool = typer.Option(False, "--json", help="Print the parity results as JSON on stdout."),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ):
@@ -232,7 +261,7 @@ def verify(
     manifest = read_manifest(artifact)
     changed = sha256(artifact) != manifest.sha256
     with captured(not verbose):
-        parity = verify_manifest(artifact, manifest, weights, threads)
+        parity = verify_manifest(artifact, manifest, weights, threads, max_accuracy_loss)
     if changed:
         # Still verified: parity, not the hash, decides whether it computes the right thing.
         typer.echo(f"warning: {artifact} has changed since export (sha256 differs from the manifest's)", err=True)

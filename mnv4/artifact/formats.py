@@ -40,8 +40,8 @@ class Format:
               image_input: bool = False, int8_io: bool = False) -> None:
         """Refuse, in one line, an option this format cannot honour."""
         if precision not in self.precisions:
-            raise UnsupportedOptionError(f"{self.label} export supports precision {' or '.join(self.precisions)}, "
-                                         f"not {precision!r}")
+            raise UnsupportedOptionError(f"{self.label} export supports precision {', '.join(self.precisions[:-1])} "
+                                         f"or {self.precisions[-1]}, not {precision!r}")
         if nhwc and "NHWC" not in self.layouts:
             raise UnsupportedOptionError(
                 f"--nhwc is not available for {self.label}: its input stays NCHW (NHWC inputs: "

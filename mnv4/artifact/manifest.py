@@ -35,6 +35,7 @@ class Manifest:
     versions: dict
     export_seconds: float
     labels: list[str] | None = None  # class names (`--labels`); None: ImageNet's for 1000 classes
+    calibration: dict | None = None  # int8: the calibration images' source, count and names
     facts: dict = field(default_factory=dict)  # the exporter's record of the artifact's interface
     parity: dict = field(default_factory=dict)
     schema: int = SCHEMA

@@ -30,7 +30,7 @@ STATUSES = ("ok", "parity-failed", "failed", "unavailable", "latency-not-measure
 # Report order: the deployment formats first, the PyTorch baselines last; within torch, from plain to most tuned.
 FORMAT_ORDER = (*FORMATS, TORCH)
 RUNTIME_ORDER = ("torch-eager", "torch-channels_last", "torch-compile", "torch-cuda-graphs")
-PRECISION_ORDER = ("fp32", "fp16", "bf16")
+PRECISION_ORDER = ("fp32", "fp16", "int8-weights", "int8", "bf16")
 DEVICE_ORDER = ("cpu", "cuda")
 
 

@@ -147,7 +147,9 @@ class Bench:
             remove_artifact(path)
             return path, export_peer(row.format, self.peer_model, example, path), "fp32"
         # Parity is measured by the benchmark itself, in the worker, on the same inputs as every other row.
-        manifest = export(row.format, ExportRequest(variant=self.options.variant, weights=self.weights_path,
+        # The checkpoint given, when there is one: an int8 export of the trained fixture calibrates on its task.
+        weights = Path(self.options.weights) if self.options.weights else self.weights_path
+        manifest = export(row.format, ExportRequest(variant=self.options.variant, weights=weights,
                                                     resolution=self.preprocessing.resolution,
                                                     precision=row.precision, batch=row.batch, verify=False),
                           path, force=True)
@@ -265,12 +267,15 @@ def finish_rows(rows: list[Row], macs: int, fma_peak_per_thread: float | None) -
     the ours/timm ratio."""
     latencies = {id(row): _pooled_latency(row.runs) for row in rows}
     timm_rows = {row.key(): row for row in rows if row.source == "timm"}
+    fp32_medians = {_same_but_precision(row): latencies[id(row)]["median"] for row in rows
+                    if row.precision == "fp32" and latencies[id(row)]}
     finished = []
     for row in rows:
         latency = latencies[id(row)]
         median_s = latency["median"] / 1e3 if latency else None
         gflops = 2 * macs * row.batch / median_s / 1e9 if median_s else None
         peer = timm_rows.get(row.key()) if row.source == "mnv4" else None
+        fp32_median = fp32_medians.get(_same_but_precision(row)) if row.precision != "fp32" else None
         finished.append({
             "source": row.source, "format": row.format, "runtime": row.runtime, "device": row.device,
             "precision": row.precision, "threads": row.threads if row.device == "cpu" else None, "batch": row.batch,
@@ -283,8 +288,14 @@ def finish_rows(rows: list[Row], macs: int, fma_peak_per_thread: float | None) -
             "peak_fraction": gflops / (fma_peak_per_thread * row.threads)
             if gflops and fma_peak_per_thread and row.device == "cpu" else None,
             "ratio_vs_timm": _ratio_vs_timm(row, peer) if peer and latency and latencies[id(peer)] else None,
+            "speedup_vs_fp32": fp32_median / latency["median"] if fp32_median and latency else None,
         })
     return finished
+
+
+def _same_but_precision(row: Row) -> tuple:
+    """What identifies a row's float32 twin: the same source, format, runtime, device, threads, batch and mode."""
+    return row.source, row.format, row.runtime, row.device, row.threads, row.batch, row.mode
 
 
 def _pooled_latency(runs: list[dict]) -> dict | None:

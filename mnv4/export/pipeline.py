@@ -26,11 +26,13 @@ from ..artifact.files import (
     remove_stale_partials,
     sha256,
 )
-from ..artifact.formats import FORMATS, PRECISIONS, get_format
+from ..artifact.formats import CALIBRATED, FORMATS, PRECISIONS, get_format
 from ..artifact.manifest import DYNAMIC, Manifest, manifest_path
-from ..artifact.parity import DYNAMIC_VERIFY_BATCHES, tolerance_for
+from ..artifact.parity import DYNAMIC_VERIFY_BATCHES, MAX_TOP1_LOSS_POINTS, tolerance_for
+from ..calibration import DEFAULT_COUNT, MAX_COUNT, Calibration, builtin_calibration, chosen, directory_calibration, image_files
 from ..errors import MNV4Error, one_line
 from ..model.specs import get_spec
+from ..model.task import task_of
 from .program import MAX_DYNAMIC_BATCH
 from .verify import reference_model, verify_artifact
 
@@ -56,6 +58,10 @@ class ExportRequest:
     verify: bool = True
     threads: int = 1
     labels: Path | None = None  # class names, one per line, for the manifest
+    calibration: Path | None = None  # int8: a directory of calibration images (default: built-in photos)
+    calibration_count: int | None = None  # int8: how many calibration images (default: up to DEFAULT_COUNT)
+    int8_io: bool = False  # int8 TFLite: int8 input and output tensors
+    max_accuracy_loss: float = MAX_TOP1_LOSS_POINTS  # the trained fixture's allowed top-1 loss, in points
 
 
 def read_labels(path: Path) -> list[str]:
@@ -72,6 +78,7 @@ def read_labels(path: Path) -> list[str]:
 
 def default_output(request: ExportRequest, fmt: str, resolution: int) -> Path:
     parts = [f"mnv4_{request.variant}", f"r{resolution}", request.precision]
+    parts += ["int8io"] if request.int8_io else []
     parts += ["nhwc"] if request.nhwc else []
     parts += ["image"] if request.image_input else []
     parts += ["dynamic"] if request.dynamic_batch else ([f"b{request.batch}"] if request.batch != 1 else [])
@@ -90,9 +97,36 @@ def check_request(fmt: str, request: ExportRequest) -> None:
         raise MNV4Error(f"--resolution must be from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got {request.resolution}")
     if not 1 <= request.threads <= MAX_THREADS:
         raise MNV4Error(f"--threads must be from 1 to {MAX_THREADS}, got {request.threads}")
+    if not 0 <= request.max_accuracy_loss <= 100:
+        raise MNV4Error(f"--max-accuracy-loss is in points of top-1, from 0 to 100, got {request.max_accuracy_loss:g}")
     get_spec(request.variant)  # an unknown variant is refused here, before any work
     get_format(fmt).check(precision=request.precision, nhwc=request.nhwc, dynamic_batch=request.dynamic_batch,
-                          image_input=request.image_input)
+                          image_input=request.image_input, int8_io=request.int8_io)
+    if request.precision not in CALIBRATED:
+        for option, value in (("--calibration", request.calibration), ("--calibration-count", request.calibration_count)):
+            if value is not None:
+                raise MNV4Error(f"{option} is for --precision {' or '.join(CALIBRATED)} (calibrated activations), "
+                                f"not {request.precision}")
+        return
+    if request.calibration_count is not None and not 1 <= request.calibration_count <= MAX_COUNT:
+        raise MNV4Error(f"--calibration-count must be from 1 to {MAX_COUNT}, got {request.calibration_count}")
+    if request.calibration is not None:
+        chosen(image_files(request.calibration), request.calibration_count, str(request.calibration))
+
+
+def calibration_for(request: ExportRequest, preprocessing) -> Calibration:
+    """The images an int8 export calibrates on: `--calibration DIR`; for mnv4's trained fixture, its own task's
+    training images (the held-out ones judge it); else the built-in photos."""
+    if request.calibration is not None:
+        return directory_calibration(request.calibration, preprocessing, request.calibration_count)
+    if task_of(request.weights):
+        from ..model.task import TASK, digits
+
+        training = digits(preprocessing)[0]
+        picked = chosen(list(range(len(training.images))), request.calibration_count or DEFAULT_COUNT, "the training split")
+        return Calibration(training.images[picked], f"{TASK} training split (the fixture's own task; never held-out)",
+                           [f"{TASK}[{index}]" for index in picked])
+    return builtin_calibration(preprocessing, request.calibration_count or DEFAULT_COUNT)
 
 
 def export(fmt: str, request: ExportRequest, output: Path | None = None, force: bool = False,
@@ -109,6 +143,7 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
     model, preprocessing, weights = reference_model(request.variant, request.weights, request.resolution)
     if labels is not None and len(labels) != model.num_classes:
         raise MNV4Error(f"--labels {request.labels} names {len(labels)} classes; the model has {model.num_classes}")
+    calibration = calibration_for(request, preprocessing) if request.precision in CALIBRATED else None
     partial = partial_path(output)
     example_batch = max(2, request.batch) if request.dynamic_batch else request.batch
     example = torch.from_numpy(np.random.default_rng(0).standard_normal(
@@ -122,7 +157,9 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
             facts = exporter.export(model, example, partial, precision=request.precision,
                                     dynamic_batch=request.dynamic_batch, nhwc=request.nhwc,
                                     **({"image_input": True, "mean": preprocessing.mean, "std": preprocessing.std}
-                                       if request.image_input else {}))
+                                       if request.image_input else {}),
+                                    **({"calibration": calibration.images} if calibration else {}),
+                                    **({"int8_io": True} if request.int8_io else {}))
         export_seconds = time.perf_counter() - started
         verification = {"passed": None, "status": "skipped (--no-verify)"}
         if request.verify:
@@ -130,12 +167,14 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
             batches = DYNAMIC_VERIFY_BATCHES if request.dynamic_batch else (request.batch,)
             tolerance = tolerance_for(request.precision, facts.get("compute_dtype"))
             verification = verify_artifact(partial, model, preprocessing, tolerance, batches, request.threads,
-                                           _image_input_runner(preprocessing) if request.image_input else None)
+                                           _image_input_runner(preprocessing) if request.image_input else None,
+                                           max_loss_points=request.max_accuracy_loss)
         manifest = Manifest(
             format=fmt, artifact=output.name, sha256=sha256(partial), bytes=artifact_bytes(partial),
             variant=request.variant, resolution=preprocessing.resolution,
             batch=DYNAMIC if request.dynamic_batch else request.batch, precision=request.precision,
             num_classes=model.num_classes, labels=labels,
+            calibration=calibration.record() if calibration else None,
             preprocessing={"crop_pct": preprocessing.crop_pct, "interpolation": preprocessing.interpolation,
                            "mean": list(preprocessing.mean), "std": list(preprocessing.std)},
             weights=weights, versions={"mnv4": _version(), "torch": torch.__version__, **facts.pop("toolchain", {})},

@@ -10,7 +10,7 @@ import torch
 
 from ..artifact.files import sha256
 from ..artifact.manifest import Manifest
-from ..artifact.parity import RANDOM_INPUTS, verification_inputs, verify
+from ..artifact.parity import MAX_TOP1_LOSS_POINTS, RANDOM_INPUTS, verification_inputs, verify
 from ..errors import MNV4Error, PlatformUnsupportedError
 from ..model.task import held_out_for, predict, task_record
 from ..runtimes import load
@@ -36,18 +36,20 @@ def reference_model(variant: str, weights: Path | None, resolution: int | None, 
 
 
 def verify_artifact(artifact: Path, model, preprocessing, tolerance: str, batch_sizes, threads: int,
-                    runner_factory: Callable | None = None) -> dict:
+                    runner_factory: Callable | None = None, max_loss_points: float = MAX_TOP1_LOSS_POINTS) -> dict:
     """Parity of `artifact`, run by `runner_factory` (default: the runner `mnv4.runtimes` picks for it)."""
     try:
         candidate = load(artifact, threads=threads, runner=runner_factory)
     except PlatformUnsupportedError as error:
         return not_executed(error)
-    return verify_against(model, candidate, preprocessing, tolerance, tuple(batch_sizes), threads)
+    return verify_against(model, candidate, preprocessing, tolerance, tuple(batch_sizes), threads, max_loss_points)
 
 
-def verify_against(model, candidate, preprocessing, tolerance: str, batch_sizes: tuple[int, ...], threads: int) -> dict:
+def verify_against(model, candidate, preprocessing, tolerance: str, batch_sizes: tuple[int, ...], threads: int,
+                   max_loss_points: float = MAX_TOP1_LOSS_POINTS) -> dict:
     """Parity of a loaded candidate with `model` in float32 and the truth, `model` in float64; for a model
-    trained on mnv4's task (the fixture), also its held-out accuracy against PyTorch float32's."""
+    trained on mnv4's task (the fixture), also its held-out accuracy against PyTorch float32's, of which it may
+    lose at most `max_loss_points`."""
     parity = verify(TorchRunner(model, threads=threads), candidate, preprocessing, tolerance, batch_sizes,
                     truth=TorchRunner(model, threads=threads, mode="float64"))
     held_out, not_measured = held_out_for(getattr(model, "checkpoint", None), preprocessing)
@@ -55,7 +57,8 @@ def verify_against(model, candidate, preprocessing, tolerance: str, batch_sizes:
         parity["task"] = not_measured
     elif held_out:
         parity["task"] = task_record(predict(candidate, held_out.images),
-                                     predict(TorchRunner(model, threads=threads), held_out.images), held_out)
+                                     predict(TorchRunner(model, threads=threads), held_out.images), held_out,
+                                     max_loss_points)
         if not parity["task"]["passed"]:
             parity["passed"] = False
             parity["failures"].append(parity["task"]["failure"])
@@ -84,12 +87,17 @@ def manifest_reference(artifact: Path, manifest: Manifest, weights: Path | None 
     return model, preprocessing
 
 
-def verify_manifest(artifact: Path, manifest: Manifest, weights: Path | None = None, threads: int = 1) -> dict:
+def verify_manifest(artifact: Path, manifest: Manifest, weights: Path | None = None, threads: int = 1,
+                    max_loss_points: float | None = None) -> dict:
     """Parity of an exported artifact against the reference its manifest names, at the batches it was
-    verified at on export and with the limits of its precision."""
+    verified at on export and with the limits of its precision; the fixture's accuracy bound is
+    `max_loss_points`, else the one it was exported with."""
     try:
         candidate = load(artifact, threads=threads)  # first: a damaged file is refused before the reference is built
     except PlatformUnsupportedError as error:
         return not_executed(error)
     model, preprocessing = manifest_reference(artifact, manifest, weights)
-    return verify_against(model, candidate, preprocessing, manifest.tolerance, tuple(manifest.verify_batches), threads)
+    if max_loss_points is None:
+        max_loss_points = manifest.parity.get("task", {}).get("max_top1_loss_points", MAX_TOP1_LOSS_POINTS)
+    return verify_against(model, candidate, preprocessing, manifest.tolerance, tuple(manifest.verify_batches), threads,
+                          max_loss_points)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..artifact.parity import MAX_TOP1_LOSS_POINTS
 from ..data import Preprocessing
-from ..errors import MNV4Error
 
 TASK = "digits"
 CLASSES = 10
@@ -55,10 +55,8 @@ class Split:
 
 def digits(preprocessing: Preprocessing) -> tuple[Split, Split]:
     """(training, held-out) digits at the preprocessing's resolution: the same seeded split every time."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise MNV4Error("the digits task needs scikit-learn: pip install 'mnv4[bench]'") from None
+    from sklearn.datasets import load_digits
+
     data = load_digits()
     grey = torch.from_numpy(data.images / 16.0).float()[:, None]  # ink in [0, 1]
     size = preprocessing.resolution
@@ -145,10 +143,6 @@ def predict(runner, images: np.ndarray, batch: int = 64) -> np.ndarray:
 
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == labels))
-
-
-# A reduced-precision artifact may cost at most this much held-out top-1 accuracy on the fixture.
-MAX_TOP1_LOSS_POINTS = 1.0
 
 
 def task_record(logits: np.ndarray, reference: np.ndarray, held_out: Split,

@@ -19,7 +19,9 @@ HOW_TO_READ = (
     "per call in milliseconds after warm-up: median with the 5th–95th percentile range, mean ± standard deviation "
     "and 99th percentile over “iters” timed calls. Load is the time to load the artifact; first inference is the "
     "first call after loading. Throughput = batch × 1000 / median (images/s). GFLOP/s = 2 × MACs × batch / median; "
-    "% of peak divides it by the machine's measured fp32 FMA peak per thread × threads. ours/timm = our median / "
+    "% of peak divides it by the machine's measured fp32 FMA peak per thread × threads. vs fp32 = the same "
+    "format's fp32 median in the same run (same runtime, threads and batch) / this median: the speed-up of "
+    "reduced precision (above 1: faster). ours/timm = our median / "
     "timm's median for the same configuration (below 1: ours is faster)."),
     ("Parity compares the logits with the PyTorch reference (eager, fp32) on the same real photos and random images: "
     "rel err = max |Δ| / max |reference|, cosine = the lowest per-image cosine similarity, top-1/top-5 = share of "
@@ -242,7 +244,8 @@ def _cells(row: dict, several_machines: bool, detail) -> list[str]:
 
 LATENCY_COLUMNS = [("median ms (p5–p95)", True), ("mean ± std ms", True), ("p99 ms", True), ("iters", True),
                    ("load ms", True), ("first inference ms", True), ("throughput img/s", True),
-                   ("peak RSS MB", True), ("GFLOP/s", True), ("% of peak", True), ("ours/timm", True)]
+                   ("peak RSS MB", True), ("GFLOP/s", True), ("% of peak", True), ("vs fp32", True),
+                   ("ours/timm", True)]
 
 
 def _latency_cells(row: dict) -> list[str]:
@@ -252,7 +255,7 @@ def _latency_cells(row: dict) -> list[str]:
             f"{significant(mean)} ± {significant(latency['std'], mean)}", significant(latency["p99"], median),
             str(latency["iterations"]), significant(row["load_ms"]), significant(row["first_inference_ms"]),
             significant(row["throughput_ips"]), significant(row["peak_rss_mb"]), significant(row["gflops"]),
-            percent(row["peak_fraction"]), times(row["ratio_vs_timm"])]
+            percent(row["peak_fraction"]), times(row.get("speedup_vs_fp32")), times(row["ratio_vs_timm"])]
 
 
 # Against PyTorch float32, then against the truth, float64: the artifact's error and PyTorch float32's own.
