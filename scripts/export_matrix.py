@@ -79,7 +79,7 @@ def main() -> None:
         weights = trained_fixture(variant) if args.fixture else None
         resolution = Recipe(variant).resolution if args.fixture else None
         for fmt in args.formats.split(","):
-            for precision in args.precisions.split(","):
+            for precision in [p for p in args.precisions.split(",") if p in FORMATS[fmt].precisions]:
                 rows.append(export_row(variant, fmt, precision, args.output_dir, weights, resolution))
                 print(json.dumps(rows[-1]), flush=True)
     (args.output_dir / "matrix.json").write_text(json.dumps({"machine": platform.processor() or platform.machine(),
