@@ -123,7 +123,7 @@ def test_executorch_runners_with_different_thread_counts_share_the_process(conv_
 
 def test_executorch_rejects_unknown_precision(conv_small, tmp_path):
     with pytest.raises(UnsupportedOptionError, match="precision"):
-        executorch_export.export(conv_small.model, conv_small.example(1), tmp_path / "m.pte", precision="int8")
+        executorch_export.export(conv_small.model, conv_small.example(1), tmp_path / "m.pte", precision="int8-weights")
     assert not list(tmp_path.iterdir())
 
 
@@ -180,7 +180,8 @@ def test_coreml_image_input_folds_the_normalisation(conv_small, tmp_path):
 @pytest.mark.parametrize("options, message", [
     ({"nhwc": True}, "NCHW"),
     ({"image_input": True, "dynamic_batch": True}, "one image"),
-    ({"precision": "int8"}, "precision"),
+    ({"precision": "int4"}, "precision"),
+    ({"precision": "int8"}, "needs calibration images"),
 ])
 def test_coreml_rejects_what_it_cannot_honour(options, message, conv_small, tmp_path):
     with pytest.raises(UnsupportedOptionError, match=message):

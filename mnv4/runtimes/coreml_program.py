@@ -224,15 +224,24 @@ class Program:
 
     def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Map the function's inputs (by name) to its outputs (by name), each in its declared dtype."""
+        environment = self.values(feeds)
+        return {name: environment[name] for name in self.block.outputs}
+
+    def values(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every variable of one run by name: constants, inputs, and each operation's outputs in its declared
+        dtype (what coremltools' calibration reads by appending every intermediate tensor to the outputs)."""
         from coremltools.proto import MIL_pb2
 
-        environment = dict(self.constants)
+        environment = {}
         for name, tensor_type in self.inputs.items():
             if name not in feeds:
                 raise MNV4Error(f"{self.package.name} needs input {name!r}")
             environment[name] = feeds[name].to(TORCH_DTYPES[MIL_pb2.DataType.Name(tensor_type.dataType)])
-        environment = self._execute(self.steps, environment)
-        return {name: environment[name] for name in self.block.outputs}
+        return self._execute(self.steps, {**self.constants, **environment})
+
+    def computed(self) -> list[str]:
+        """The names of the variables that `steps` compute, in program order."""
+        return [output.name for op in self.steps for output in op.outputs]
 
     def _execute(self, ops, environment: dict) -> dict:
         from coremltools.proto import MIL_pb2
@@ -457,3 +466,39 @@ def _constexpr_lut_to_dense(inputs: Inputs):
     lut, shape = inputs["lut"], inputs.ints("shape")
     nbits = int(math.log2(lut.numel()))
     return lut[_unpack_bits(inputs["indices"], nbits, math.prod(shape))].reshape(shape)
+
+
+# ------------------------------------------------------------------- activation quantization (iOS 17+)
+
+def _quantization_parameters(inputs: Inputs, rank: int):
+    """scale and zero point (0 when absent) as float32, laid along `axis` when they are vectors."""
+    scale = inputs["scale"].float()
+    zero_point = inputs.get("zero_point")
+    zero_point = torch.zeros((), dtype=torch.float32) if zero_point is None else zero_point.float()
+    if scale.dim() == 0:
+        return scale, zero_point
+    axis = inputs.scalar("axis") % rank
+    return _along_axis(scale, rank, axis), _along_axis(zero_point, rank, axis)
+
+
+@operation("quantize")
+def _quantize(inputs: Inputs):
+    """clip(round(input / scale) + zero_point) to the range of `output_dtype` (int8 or uint8), as the MIL
+    definition states and coremltools' own value inference computes it: division by the scale, rounding
+    half to even (numpy's around, torch's round), then the zero point, then saturation."""
+    x = inputs["input"]
+    dtype = CAST_DTYPES.get(inputs.scalar("output_dtype"))
+    if dtype not in (torch.int8, torch.uint8):
+        raise ValueError(f"quantize to {inputs.scalar('output_dtype')!r} is not supported")
+    scale, zero_point = _quantization_parameters(inputs, x.dim())
+    limits = torch.iinfo(dtype)
+    quantized = torch.round(x.float() / scale) + zero_point
+    return torch.clamp(quantized, limits.min, limits.max).to(dtype)
+
+
+@operation("dequantize")
+def _dequantize(inputs: Inputs):
+    """scale * (input - zero_point), in the scale's type."""
+    x = inputs["input"]
+    scale, zero_point = _quantization_parameters(inputs, x.dim())
+    return scale * (x.float() - zero_point)
