@@ -19,10 +19,13 @@ THRESHOLDS = {
     "fp32": {"rel_err": 1e-4, "cosine": None},
     "fp16": {"rel_err": 2e-2, "cosine": 0.999},
     "fp16-arithmetic": {"rel_err": 5e-2, "cosine": 0.995},
-    # int8 rounds every activation to 256 levels fitted on calibration images: its logits are judged by
-    # closeness in direction (cosine) and by the trained fixture's task accuracy, not by float closeness.
-    "int8": {"rel_err": 0.5, "cosine": 0.95},
-    "int8-weights": {"rel_err": 0.2, "cosine": 0.99},
+    # int8 rounds every weight and activation to 256 levels. On untrained (seeded) weights the logits are so
+    # sensitive that 10 % noise on ONE layer's weights already gives cosine 0.90 (int8 artifacts of them:
+    # 0.88 to 0.91 on the photos), so these limits only tell a broken artifact from a quantized one (a wrong
+    # model: cosine -0.03, one layer's channels reversed: 0.41): whether int8 still classifies is judged by
+    # the trained fixture's held-out accuracy (MAX_TOP1_LOSS_POINTS), as the reports say (docs/export.md).
+    "int8": {"rel_err": 1.0, "cosine": 0.8},
+    "int8-weights": {"rel_err": 0.5, "cosine": 0.9},
 }
 
 
