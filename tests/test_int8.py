@@ -70,11 +70,14 @@ def export_int8(tmp_path, *options, fmt="tflite", precision="int8"):
 
 
 @pytest.mark.parametrize("case, make_options, message", [
-    ("calibration at fp32", lambda tmp: ["--calibration", write_images(tmp / "images", 3)], "--calibration is for --precision int8"),
+    ("calibration at fp32", lambda tmp: ["--calibration", write_images(tmp / "images", 3)],
+     "--calibration is for --precision int8"),
     ("count at fp16", lambda tmp: ["--calibration-count", "8"], "--calibration-count is for --precision int8"),
-    ("empty directory", lambda tmp: ["--calibration", (tmp / "empty").mkdir() or tmp / "empty"], "no images in calibration directory"),
+    ("empty directory", lambda tmp: ["--calibration", (tmp / "empty").mkdir() or tmp / "empty"],
+     "no images in calibration directory"),
     ("missing directory", lambda tmp: ["--calibration", tmp / "absent"], "calibration directory not found"),
-    ("a file, not a directory", lambda tmp: ["--calibration", write_images(tmp / "images", 1) / "000.png"], "is not a directory"),
+    ("a file, not a directory", lambda tmp: ["--calibration", write_images(tmp / "images", 1) / "000.png"],
+     "is not a directory"),
     ("more than there are", lambda tmp: ["--calibration", write_images(tmp / "images", 3), "--calibration-count", "4"],
      "--calibration-count 4 is more than the 3 images"),
     ("count zero", lambda tmp: ["--calibration-count", "0"], "--calibration-count must be from 1"),
