@@ -116,3 +116,28 @@ def test_noise_alone_and_an_unreadable_image_are_refused_with_nothing_written(tm
     result, output = export_int8(tmp_path, "--calibration", broken)
     assert_one_line_error(result, f"cannot read image {broken / '002.png'}")
     assert not output.exists() and not manifest_path(output).exists()
+
+
+def test_an_int8_export_of_the_fixture_records_its_calibration_and_is_judged_by_accuracy(tmp_path):
+    """End to end through the CLI: the fixture calibrates on its own training digits by default, the manifest
+    says so and what stayed float, and `mnv4 verify` applies the accuracy bound it is given (else the export's)."""
+    import json
+
+    from mnv4.model.task import trained_fixture
+
+    output = tmp_path / "digits.tflite"
+    result = run_cli("export", "--format", "tflite", "--precision", "int8", "--weights", trained_fixture("conv_small"),
+                     "--resolution", "64", "--output", output, "--calibration-count", "32", "--max-accuracy-loss", "2")
+    assert result.returncode == 0, result.stderr
+    assert "calibrated on 32 images: digits training split" in result.stderr and "in float:" in result.stderr
+    manifest = json.loads(manifest_path(output).read_text())
+    assert manifest["precision"] == "int8" and manifest["compute_dtype"] == "int8"
+    assert manifest["calibration"]["count"] == 32 and manifest["calibration"]["source"].startswith("digits training")
+    assert all(name.startswith("digits[") for name in manifest["calibration"]["images"])
+    assert manifest["quantization"]["quantized_ops"] > 0 and isinstance(manifest["quantization"]["float_ops"], dict)
+    task = manifest["parity"]["task"]
+    assert task["passed"] and task["max_top1_loss_points"] == 2 and task["top1_loss_points"] <= 1
+    for options, bound in (((), 2), (("--max-accuracy-loss", "0.5"), 0.5)):
+        verified = run_cli("verify", output, "--json", *options)
+        assert verified.returncode == 0, verified.stderr
+        assert json.loads(verified.stdout)["task"]["max_top1_loss_points"] == bound

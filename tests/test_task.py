@@ -78,15 +78,21 @@ def test_the_fixture_command_prints_the_cached_checkpoint(fixtures):
     assert result.stdout.startswith(f"{fixtures['conv_small']}  (held-out top-1 ")
 
 
-def test_bench_rows_of_the_fixture_carry_its_accuracy(fixtures, tmp_path):
-    result = run_cli("bench", "--variant", "conv_small", "--formats", "tflite", "--precisions", "fp16", "--weights",
-                     fixtures["conv_small"], "--resolution", "64", "--iterations", "2", "--warmup", "0",
+def test_bench_rows_of_the_fixture_carry_its_accuracy_and_int8_its_speed_up(fixtures, tmp_path):
+    result = run_cli("bench", "--variant", "conv_small", "--formats", "tflite", "--precisions", "fp32,int8", "--weights",
+                     fixtures["conv_small"], "--resolution", "64", "--iterations", "5", "--warmup", "1",
                      "--output-dir", tmp_path)
     assert result.returncode == 0, result.stderr
-    (row,) = json.loads((tmp_path / "results.json").read_text())["rows"]
-    task = row["parity"]["task"]
-    assert row["status"] == "ok" and task["held_out"] == 449 and task["passed"] is True
-    assert task["top1"]["artifact"] >= 0.9 and task["top1_agreement_with_fp32"] >= 0.98
+    fp32, int8 = json.loads((tmp_path / "results.json").read_text())["rows"]
+    for row in fp32, int8:
+        task = row["parity"]["task"]
+        assert row["status"] == "ok" and task["held_out"] == 449 and task["passed"] is True
+        assert task["top1"]["artifact"] >= 0.9 and task["top1_agreement_with_fp32"] >= 0.98
+    assert (fp32["precision"], int8["precision"]) == ("fp32", "int8") and int8["parity"]["tolerance"] == "int8"
+    # The speed-up is the two medians of this run (no claim about its size: that is the benchmark's).
+    assert fp32["speedup_vs_fp32"] is None
+    assert int8["speedup_vs_fp32"] == pytest.approx(fp32["latency_ms"]["median"] / int8["latency_ms"]["median"])
+    assert "vs fp32" in (tmp_path / "report.md").read_text()
 
 
 def test_at_another_resolution_the_accuracy_is_not_measured_and_says_why(fixtures, tmp_path):
