@@ -1,5 +1,6 @@
 """ExecuTorch export: the shared torch.export program lowered to the XNNPACK delegate and written as
-one .pte file, with a record of which operators XNNPACK runs and which stay on portable kernels."""
+one .pte file, with a record of which operators XNNPACK runs and which stay on portable kernels.
+int8 is PT2E static quantization with XNNPACK's own quantizer before the same lowering."""
 from __future__ import annotations
 
 import copy
@@ -8,14 +9,20 @@ from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..artifact.formats import FORMATS
-from ..errors import MissingExtraError
+from ..errors import MissingExtraError, UnsupportedOptionError
 from ..runtimes.executorch import DYNAMIC_BATCH_METHOD
-from .program import mobile_program
+from .program import export_program, mobile_program
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# The dtype the model computes in before lowering: int8 starts from the float32 model.
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32}
+CALIBRATION_BATCH = 8  # images per calibration forward
+# Operators that XNNPACK fuses into the quantized operator before them (conv + relu) when they sit
+# between it and its output's quantize node.
+_FUSED_ACTIVATIONS = ("aten.relu.default", "aten.hardtanh.default", "aten.clamp.default")
 # ExecuTorch plans a dynamic input's memory for the largest size its range allows, at load time, so
 # the shared export's batch range (up to 1024) would reserve over half a GB for a 224px input. The
 # bound is 15 because lowering to XNNPACK re-runs torch's float32 convolution shape logic, whose
@@ -26,7 +33,7 @@ DYNAMIC_EXAMPLE_BATCH = 2
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precision: str = "fp32",
-           dynamic_batch: bool = False, nhwc: bool = False) -> dict:
+           dynamic_batch: bool = False, nhwc: bool = False, calibration: np.ndarray | None = None) -> dict:
     """Write `model` as an XNNPACK-delegated .pte at `path`; returns the facts for the manifest.
 
     fp16 runs XNNPACK's float16 kernels (weights and arithmetic in half precision, the only float16
@@ -35,8 +42,15 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     partitioner never takes a dtype conversion. With `nhwc` the input is NHWC and a permute inside the
     program (run by XNNPACK) makes it NCHW. With `dynamic_batch` the .pte takes batches of 1 up to
     `max_batch` (the size ExecuTorch planned its input memory for); the runner splits larger ones.
+
+    int8 quantizes the float32 program with XNNPACK's PT2E quantizer (see `_quantized`), calibrated on
+    `calibration` (preprocessed NCHW images), and lowers it as float32 is lowered: the input's
+    quantization and the output's dequantization run inside the delegate, so the .pte still takes and
+    gives float32.
     """
     FORMATS["executorch"].check(precision=precision, nhwc=nhwc, dynamic_batch=dynamic_batch)
+    if precision == "int8" and (calibration is None or len(calibration) == 0):
+        raise UnsupportedOptionError("ExecuTorch int8 export needs calibration images")
     try:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
@@ -48,6 +62,8 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     sample = example[:DYNAMIC_EXAMPLE_BATCH] if dynamic_batch else example
     if nhwc:
         sample = sample.permute(0, 2, 3, 1).contiguous()
+    if precision == "int8":
+        module = _quantized(module, calibration, nhwc)
     program = mobile_program(module, sample, dynamic_batch)
     edge = to_edge_transform_and_lower(
         program,
@@ -58,13 +74,14 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     lowered = edge.exported_program()
     # Read before to_executorch, which rewrites the graph in place into out-variants and allocations.
     delegation = _delegation(lowered.graph_module)
+    arithmetic = _arithmetic(lowered.graph_module) if precision == "int8" else None
     (input_name,) = lowered.graph_signature.user_inputs
     batch_size = next(node for node in lowered.graph.nodes if node.name == input_name).meta["val"].shape[0]
     if dynamic_batch:
         _bound(batch_size, MAX_BATCH)
     path.write_bytes(edge.to_executorch().buffer)
 
-    dtype = str(DTYPES[precision]).removeprefix("torch.")
+    dtype = "int8" if precision == "int8" else str(DTYPES[precision]).removeprefix("torch.")
     facts = {
         "toolchain": {"torch": torch.__version__, "executorch": metadata.version("executorch")},
         "input_name": input_name,
@@ -80,7 +97,67 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     }
     if dynamic_batch:
         facts["max_batch"] = eval_upper_bound(batch_size)
+    if arithmetic is not None:
+        quantized, float_ops = arithmetic
+        activations = f"int8 per tensor, asymmetric, HistogramObserver over {len(calibration)} images"
+        weights = "int8 per output channel, symmetric ([-127, 127])"
+        facts["quantization"] = {
+            "recipe": (f"ExecuTorch XNNPACKQuantizer PT2E static (get_symmetric_quantization_config, per-channel), "
+                       f"weights {weights}, activations {activations}, lowered to XNNPACK"),
+            "tool": f"executorch {metadata.version('executorch')} XNNPACKQuantizer, torchao "
+                    f"{metadata.version('torchao')} prepare_pt2e/convert_pt2e",
+            "weights": weights,
+            "activations": activations,
+            "calibration_method": "HistogramObserver",
+            "calibration_images": int(len(calibration)),
+            "quantized_ops": sum(quantized.values()),
+            "quantized_op_types": dict(sorted(quantized.items())),
+            "float_ops": dict(sorted(float_ops.items())),
+            "float_ops_rule": ("operators outside the XNNPACK delegate, and operators inside it whose inputs are not "
+                               "all dequantized int8 tensors or whose output is not quantized (a relu fused into "
+                               "its convolution counts with it)"),
+        }
     return facts
+
+
+def _quantized(module: torch.nn.Module, calibration: np.ndarray, nhwc: bool) -> torch.nn.Module:
+    """`module` quantized for XNNPACK: torch.export, prepare_pt2e with XNNPACKQuantizer's symmetric
+    per-channel config (int8 weights per output channel, int8 activations per tensor observed by
+    histograms), one forward per calibration batch, convert_pt2e. The result is the reference model of
+    the int8 .pte (quantize/dequantize nodes around float operators) as a module torch.export takes."""
+    try:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError:
+        raise MissingExtraError("ExecuTorch int8 export", "executorch") from None
+
+    images = torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32))
+    if nhwc:
+        images = images.permute(0, 2, 3, 1).contiguous()
+    # Prepared with a free batch axis whatever the artifact's batch, so that calibration runs several
+    # images per forward (the observers' cost is per call); the .pte's own export fixes the batch later.
+    example = images[torch.arange(2) % len(images)]
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(export_program(module, example, dynamic_batch=True).module(), quantizer)
+    with torch.no_grad():
+        for start in range(0, len(images), CALIBRATION_BATCH):
+            prepared(images[start:start + CALIBRATION_BATCH])
+    converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)  # an exported graph module refuses eval() otherwise
+    return _Quantized(converted)
+
+
+class _Quantized(torch.nn.Module):
+    """A converted PT2E graph inside a plain module, so that export_program's model.eval() reaches it as
+    a child (whose eval() returns None rather than the module)."""
+
+    def __init__(self, graph_module: torch.fx.GraphModule):
+        super().__init__()
+        self.graph_module = graph_module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph_module(x)
 
 
 class _Deployable(torch.nn.Module):
@@ -149,6 +226,71 @@ def _delegation(graph_module: torch.fx.GraphModule) -> dict:
     )
     return {"delegated_ops": delegated, "non_delegated_ops": dict(sorted(outside.items())),
             "delegate_calls": len(calls)}
+
+
+def _arithmetic(graph_module: torch.fx.GraphModule) -> tuple[Counter, Counter]:
+    """(int8, float) operator counts of a lowered quantized program, by operator name. Inside each XNNPACK
+    delegate an operator computes in int8 when each activation input comes from a dequantize node and
+    its output goes only to quantize nodes (directly, or through a relu that XNNPACK fuses into it);
+    constants (weights, biases) do not count as inputs. Every operator outside the delegates is float,
+    except quantize and dequantize nodes, which are conversions."""
+    delegate = torch.ops.higher_order.executorch_call_delegate
+    quantized, floating = Counter(), Counter()
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function" or node.target is operator.getitem:
+            continue
+        if node.target is not delegate:
+            name = _operator_name(node.target)
+            if not _is_conversion(name):
+                floating[name] += 1
+            continue
+        program = getattr(graph_module, node.args[0].target).original_module
+        activations = set(program.graph_signature.user_inputs)
+        for inner in program.graph.nodes:
+            if inner.op != "call_function" or inner.target is operator.getitem:
+                continue
+            name = _operator_name(inner.target)
+            if _is_conversion(name):
+                continue
+            (quantized if _computes_in_int8(inner, name, activations) else floating)[name] += 1
+    return quantized, floating
+
+
+def _is_conversion(name: str) -> bool:
+    return _is_quantize(name) or _is_dequantize(name)
+
+
+def _is_quantize(name: str) -> bool:
+    return name.startswith("quantized_decomposed.quantize_per")
+
+
+def _is_dequantize(name: str) -> bool:
+    return name.startswith("quantized_decomposed.dequantize_per")
+
+
+def _computes_in_int8(node: torch.fx.Node, name: str, activations: set[str]) -> bool:
+    """Whether `node` (inside a delegate) reads only dequantized int8 tensors and constants and writes only
+    tensors that are quantized again, possibly through a relu fused into it; or is such a fused relu."""
+    def name_of(other: torch.fx.Node) -> str:
+        return _operator_name(other.target) if other.op == "call_function" else ""
+
+    inputs = node.all_input_nodes
+    if name in _FUSED_ACTIVATIONS and len(inputs) == 1 and len(inputs[0].users) == 1 \
+            and name_of(inputs[0]) and _computes_in_int8(inputs[0], name_of(inputs[0]), activations):
+        return True
+
+    def dequantized(source: torch.fx.Node) -> bool:
+        if source.op == "placeholder":
+            return source.name not in activations  # a constant: weight or bias
+        return _is_dequantize(name_of(source))
+
+    def quantized(user: torch.fx.Node) -> bool:
+        if _is_quantize(name_of(user)):
+            return True
+        return name_of(user) in _FUSED_ACTIVATIONS and len(node.users) == 1 and bool(user.users) \
+            and all(_is_quantize(name_of(after)) for after in user.users)
+
+    return bool(node.users) and all(map(dequantized, inputs)) and all(map(quantized, node.users))
 
 
 def _operator_name(target) -> str:

@@ -1,7 +1,11 @@
 """ONNX export: the shared torch.export program through torch's dynamo ONNX exporter, written as
-one self-contained .onnx file and validated with the ONNX checker."""
+one self-contained .onnx file and validated with the ONNX checker. int8 is onnxruntime's static
+quantization in QDQ form (QuantizeLinear/DequantizeLinear pairs around float operators, which
+onnxruntime fuses into integer kernels when it loads the file)."""
 from __future__ import annotations
 
+import tempfile
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
@@ -9,7 +13,7 @@ import numpy as np
 import torch
 
 from ..artifact.formats import FORMATS
-from ..errors import MissingExtraError
+from ..errors import MissingExtraError, UnsupportedOptionError
 from .program import export_program
 
 INPUT_NAME = "pixels"
@@ -22,9 +26,19 @@ TOOLCHAIN = ("torch", "onnx", "onnxscript")
 # stay exact in float32.
 _WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1)}
 
+# Static int8 calibration. On the trained fixtures MinMax, Entropy and Percentile (99.999) gave the
+# same held-out top-1 (onnxruntime's Entropy keeps 128 histogram bins for 128 quantized ones, which
+# makes it MinMax); MinMax is the cheapest and keeps every calibrated value in range.
+CALIBRATION_METHOD = "MinMax"
+CALIBRATION_BATCH = 8  # images per calibration run of a dynamic-batch model
+# ForceQuantizeNoInputCheck quantizes data-movement ops (the stem's channel Gather) even when their
+# input is the float graph input, so they run on uint8 after one QuantizeLinear.
+QUANTIZE_OPTIONS = {"ForceQuantizeNoInputCheck": True}
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
 
 def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precision: str = "fp32",
-           dynamic_batch: bool = False, nhwc: bool = False) -> dict:
+           dynamic_batch: bool = False, nhwc: bool = False, calibration: np.ndarray | None = None) -> dict:
     """Write `model` as an ONNX file at `path`; returns the facts for the manifest.
 
     fp16 means fp16 weights with float32 compute (each weight is followed by a Cast to float32):
@@ -32,8 +46,13 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     speed on CPU (onnxruntime has no fp16 convolution kernels there and wraps each op in Casts) and
     loses accuracy where onnxruntime folds small layer-scale factors (timm starts them at 1e-5) into
     fp16 convolution weights, which then underflow.
+
+    int8 is static post-training quantization calibrated on `calibration` (preprocessed NCHW images):
+    see `_quantize`. The file keeps float32 input and output.
     """
     FORMATS["onnx"].check(precision=precision, nhwc=nhwc, dynamic_batch=dynamic_batch)
+    if precision == "int8" and (calibration is None or len(calibration) == 0):
+        raise UnsupportedOptionError("ONNX int8 export needs calibration images")
     try:
         import onnx
         import onnxscript  # noqa: F401  (the dynamo exporter translates through it)
@@ -49,13 +68,18 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
         _name_batch_axis(model_proto)
     if precision == "fp16":
         _store_weights_in_fp16(model_proto)
-    # save_model keeps every weight inline, where torch.onnx.export(f=...) would default to a separate
-    # .onnx.data file; these models are far below protobuf's 2 GiB limit for a single file.
-    onnx.save_model(model_proto, path)
+    batch = -1 if dynamic_batch else example.shape[0]
+    quantization = None
+    if precision == "int8":
+        quantization = _quantize(model_proto, path, calibration, None if dynamic_batch else batch)
+        model_proto = onnx.load(str(path))
+    else:
+        # save_model keeps every weight inline, where torch.onnx.export(f=...) would default to a separate
+        # .onnx.data file; these models are far below protobuf's 2 GiB limit for a single file.
+        onnx.save_model(model_proto, path)
     onnx.checker.check_model(str(path), full_check=True)
 
-    batch = -1 if dynamic_batch else example.shape[0]
-    return {
+    facts = {
         "toolchain": {package: metadata.version(package) for package in TOOLCHAIN},
         "input_name": INPUT_NAME,
         "input_layout": "NCHW",
@@ -64,8 +88,102 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
         "output_name": OUTPUT_NAME,
         "output_dtype": "float32",
         "opset": next(entry.version for entry in model_proto.opset_import if entry.domain in ("", "ai.onnx")),
-        "weights_dtype": "float16" if precision == "fp16" else "float32",
-        "compute_dtype": "float32",
+        "weights_dtype": {"fp16": "float16", "int8": "int8"}.get(precision, "float32"),
+        "compute_dtype": "int8" if precision == "int8" else "float32",
+    }
+    if quantization is not None:
+        facts["quantization"] = quantization
+    return facts
+
+
+def cpu_choice() -> dict:
+    """onnxruntime's guidance for CPU inference ("Choosing parameters for CPU inference" in its
+    quantization docs), by this CPU's integer dot-product instructions: x86 with VNNI takes uint8
+    activations, int8 weights and the full 8-bit range; x86 without VNNI reduces the weights to 7
+    bits (its u8 x s8 multiply-add pairs saturate at int16); ARM takes int8 activations and weights."""
+    from ..cpu import int8_dot_product, is_arm
+
+    dot_product = int8_dot_product()
+    if is_arm():
+        return {"activations": "int8", "reduce_range": False, "cpu": dot_product or "arm (no dot product)"}
+    if dot_product:
+        return {"activations": "uint8", "reduce_range": False, "cpu": dot_product}
+    return {"activations": "uint8", "reduce_range": True, "cpu": "x86 without VNNI"}
+
+
+def _quantize(model_proto, path: Path, calibration: np.ndarray, batch: int | None) -> dict:
+    """Static int8 quantization of the float graph into `path`; returns facts["quantization"].
+
+    quant_pre_process (onnxruntime's graph optimisation and shape inference) first, then quantize_static
+    in QDQ format: int8 weights per output channel (symmetric, zero point 0), activations per tensor,
+    their ranges calibrated by running the images through the float model. Before that, the stem's
+    3 input channels are padded to 4 (`_pad_input_channels`), which takes onnxruntime's fast indirect
+    int8 convolution instead of its im2col fallback. `batch` is the model's fixed batch (the images are
+    then fed that many at a time, wrapping around), or None for a dynamic batch."""
+    import onnx
+    try:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quant_pre_process,
+            quantize_static,
+        )
+    except ImportError:
+        raise MissingExtraError("ONNX int8 export (onnxruntime)", "onnx") from None
+
+    choice = cpu_choice()
+    activation_type = QuantType.QInt8 if choice["activations"] == "int8" else QuantType.QUInt8
+    padded = _pad_input_channels(model_proto)
+    input_name = model_proto.graph.input[0].name
+    images = np.ascontiguousarray(calibration, dtype=np.float32)
+    step = batch or CALIBRATION_BATCH
+    if batch is not None and len(images) % batch:
+        images = np.resize(images, (-(-len(images) // batch) * batch, *images.shape[1:]))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.start = 0
+
+        def get_next(self):
+            if self.start >= len(images):
+                return None
+            chunk = images[self.start:self.start + step]
+            self.start += step
+            return {input_name: chunk}
+
+    with tempfile.TemporaryDirectory(prefix="mnv4-onnx-int8-") as scratch:
+        float_path, prepared_path = Path(scratch) / "float.onnx", Path(scratch) / "prepared.onnx"
+        onnx.save_model(model_proto, float_path)
+        quant_pre_process(str(float_path), str(prepared_path))
+        quantize_static(str(prepared_path), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=choice["reduce_range"], activation_type=activation_type,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod[CALIBRATION_METHOD],
+                        extra_options=dict(QUANTIZE_OPTIONS))
+    quantized, float_ops = _op_arithmetic(onnx.load(str(path)))
+    activations = (f"{choice['activations']} per tensor, asymmetric, {CALIBRATION_METHOD} over "
+                   f"{len(calibration)} images")
+    weights = "int8 per output channel, symmetric" + (" (7-bit range)" if choice["reduce_range"] else "")
+    return {
+        "recipe": (f"onnxruntime quantize_static QDQ, weights {weights}, activations {activations}, "
+                   f"reduce_range {'on' if choice['reduce_range'] else 'off'} ({choice['cpu']})"),
+        "tool": f"onnxruntime {metadata.version('onnxruntime')} quantize_static",
+        "format": "QDQ",
+        "weights": weights,
+        "activations": activations,
+        "calibration_method": CALIBRATION_METHOD,
+        "calibration_images": int(len(calibration)),
+        "cpu": choice["cpu"],
+        "activation_type": choice["activations"],
+        "reduce_range": choice["reduce_range"],
+        "stem_channels_padded": padded,
+        "quantized_ops": sum(quantized.values()),
+        "quantized_op_types": dict(sorted(quantized.items())),
+        "float_ops": dict(sorted(float_ops.items())),
+        "float_ops_rule": ("ops of the written graph other than QuantizeLinear/DequantizeLinear whose float inputs "
+                           "do not all come from a DequantizeLinear or whose output is not only read by a "
+                           "QuantizeLinear (the others onnxruntime runs as integer kernels)"),
     }
 
 
@@ -96,6 +214,72 @@ def _global_pools(model_proto) -> None:
     unused = [tensor for tensor in graph.initializer if tensor.name not in used]
     for tensor in unused:
         graph.initializer.remove(tensor)
+
+
+def _pad_input_channels(model_proto) -> bool:
+    """Give the convolution that reads the graph input (the stem: 3 RGB channels) a 4th input channel
+    with zero weights, fed by a Gather that repeats the last channel: the same arithmetic. onnxruntime's
+    indirect int8 convolution needs a multiple of 4 input channels; with 3 it falls back to im2col
+    and GEMM, which made the stem alone a third of the int8 model's time on conv_small (measured
+    454 -> 200 us at 224 px). After quantization the Gather runs on the uint8 input."""
+    from onnx import helper, numpy_helper
+
+    graph = model_proto.graph
+    input_name = graph.input[0].name
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    index, node = next(((index, node) for index, node in enumerate(graph.node) if node.op_type == "Conv"
+                        and node.input[0] == input_name and node.input[1] in initializers), (None, None))
+    if node is None:
+        return False
+    group = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+    weight = numpy_helper.to_array(initializers[node.input[1]])
+    channels = weight.shape[1]
+    extra = -channels % 4
+    if group != 1 or extra == 0:
+        return False
+    padded = np.concatenate([weight, np.zeros((weight.shape[0], extra, *weight.shape[2:]), weight.dtype)], axis=1)
+    initializers[node.input[1]].CopyFrom(numpy_helper.from_array(padded, node.input[1]))
+    indices = numpy_helper.from_array(np.array([*range(channels), *[channels - 1] * extra], np.int64),
+                                      f"{input_name}_channel_indices")
+    graph.initializer.append(indices)
+    gathered = f"{input_name}_4_channels"
+    graph.node.insert(index, helper.make_node("Gather", [input_name, indices.name], [gathered],
+                                              name=f"{input_name}_channel_gather", axis=1))
+    node.input[0] = gathered
+    return True
+
+
+def _op_arithmetic(model_proto) -> tuple[Counter, Counter]:
+    """(quantized, float) operator counts of a QDQ graph, by op type. An operator computes in int8 when
+    each of its float inputs is a DequantizeLinear output and its output is read only by QuantizeLinear
+    nodes (and is not a graph output): onnxruntime then fuses DequantizeLinear -> op -> QuantizeLinear
+    into one integer kernel (QLinearConv, QLinearAdd, ...) or drops the pair around a data move. Integer
+    inputs (indices, shapes) and absent optional inputs do not count."""
+    from onnx import TensorProto
+
+    graph = model_proto.graph
+    producer = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    integer = {tensor.name for tensor in graph.initializer if tensor.data_type not in
+               (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)}
+    integer.update(output for node in graph.node if node.op_type in ("Shape", "Constant") for output in node.output
+                   if node.op_type == "Shape" or all(a.t.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16)
+                                                    for a in node.attribute if a.name == "value"))
+    graph_outputs = {output.name for output in graph.output}
+    quantized, floating = Counter(), Counter()
+    for node in graph.node:
+        if node.op_type in _QDQ:
+            continue
+        inputs_quantized = all(name in integer or (name in producer and producer[name].op_type == "DequantizeLinear")
+                               for name in node.input if name)
+        outputs_quantized = all(name not in graph_outputs and consumers.get(name)
+                                and all(reader.op_type == "QuantizeLinear" for reader in consumers[name])
+                                for name in node.output if name)
+        (quantized if inputs_quantized and outputs_quantized else floating)[node.op_type] += 1
+    return quantized, floating
 
 
 def _name_batch_axis(model_proto) -> None:
