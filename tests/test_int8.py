@@ -98,6 +98,7 @@ def test_bad_calibration_options_are_refused_before_any_work(tmp_path, case, mak
     ("onnx", "int8", ["--int8-io"], "--int8-io is for --precision int8 of tflite"),
     ("tflite", "fp32", ["--int8-io"], "--int8-io is for --precision int8 of tflite"),
     ("tflite", "int8-weights", ["--int8-io"], "--int8-io is for --precision int8 of tflite"),
+    ("executorch", "int8", ["--dynamic-batch"], "--dynamic-batch is not available for ExecuTorch int8"),
 ])
 def test_a_precision_or_int8_option_a_format_lacks_is_refused(tmp_path, fmt, precision, options, message):
     result, output = export_int8(tmp_path, *options, fmt=fmt, precision=precision)

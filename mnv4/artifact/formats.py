@@ -29,6 +29,7 @@ class Format:
     batch_modes: tuple[str, ...] = BATCH_MODES
     image_input: bool = False  # an RGB image input with the normalisation inside (--image-input)
     int8_io: bool = False  # an int8 artifact may take and give int8 tensors (--int8-io), for NPUs
+    fixed_batch_precisions: tuple[str, ...] = ()  # precisions whose artifacts cannot have a dynamic batch
 
 
     @property
@@ -48,6 +49,10 @@ class Format:
                 f"{', '.join(f.name for f in FORMATS.values() if 'NHWC' in f.layouts)})")
         if dynamic_batch and "dynamic" not in self.batch_modes:
             raise UnsupportedOptionError(f"--dynamic-batch is not available for {self.label}")
+        if dynamic_batch and precision in self.fixed_batch_precisions:
+            raise UnsupportedOptionError(f"--dynamic-batch is not available for {self.label} {precision} "
+                                         f"(its runtime computes wrong results when the batch grows); export a "
+                                         f"fixed --batch")
         if image_input and not self.image_input:
             raise UnsupportedOptionError(f"--image-input is only for Core ML (an image input type); {self.name} "
                                          f"takes the normalised tensor")
@@ -61,8 +66,10 @@ FORMATS: dict[str, Format] = {row.name: row for row in (
     Format("onnx", "ONNX", ".onnx", "onnx", "onnxruntime:OnnxRuntimeRunner", "#1f77b4"),
     Format("tflite", "TFLite", ".tflite", "tflite", "litert:LiteRTRunner", "#ff7f0e", layouts=LAYOUTS,
            precisions=PRECISIONS, int8_io=True),
+    # ExecuTorch 1.5.1 int8: once an XNNPACK int8 program with a spatial mean has run a batch of 4 or more,
+    # a larger batch gives wrong logits or corrupts the heap (its float32 twin resizes fine).
     Format("executorch", "ExecuTorch", ".pte", "executorch", "executorch:ExecuTorchRunner", "#2ca02c",
-           layouts=LAYOUTS),
+           layouts=LAYOUTS, fixed_batch_precisions=("int8",)),
     Format("coreml", "Core ML", ".mlpackage", "coreml", "coreml:CoreMLRunner", "#9467bd", image_input=True,
            precisions=PRECISIONS),
 )}
