@@ -14,6 +14,8 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx
              "asimddp", "i8mm", "bf16", "sve", "sve2")
 # Integer dot-product instructions: x86 VNNI (AVX-512 or AVX) and ARM's dot product.
 DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "asimddp", "dotprod")
+# Native float16 arithmetic, which XNNPACK's fp16 kernels then use (elsewhere they emulate it in float32).
+FP16_ARITHMETIC_FLAGS = ("avx512_fp16", "asimdhp", "fphp")
 
 
 @cache
@@ -52,6 +54,13 @@ def int8_dot_product() -> str | None:
     """The integer dot-product extension this CPU has (the first of DOT_PRODUCT_FLAGS), else None."""
     flags = cpuinfo()["flags"]
     return next((flag for flag in DOT_PRODUCT_FLAGS if flag in flags), None)
+
+
+def summary() -> dict:
+    """What reduced-precision results depend on, for the records they go into."""
+    flags = cpuinfo()["flags"]
+    return {"model": cpuinfo()["cpu_model"], "machine": platform.machine(), "int8_dot_product": int8_dot_product(),
+            "fp16_arithmetic": next((flag for flag in FP16_ARITHMETIC_FLAGS if flag in flags), None)}
 
 
 def is_arm() -> bool:

@@ -142,3 +142,19 @@ def test_an_int8_export_of_the_fixture_records_its_calibration_and_is_judged_by_
         verified = run_cli("verify", output, "--json", *options)
         assert verified.returncode == 0, verified.stderr
         assert json.loads(verified.stdout)["task"]["max_top1_loss_points"] == bound
+
+
+def test_int8_limits_judge_the_photos_and_record_the_random_inputs():
+    """Random pixels lie outside any calibration set: an int8 artifact far off there but close on the photos
+    passes; far off on one photo, it fails, and the message names the photo."""
+    from mnv4.artifact.parity import truth_breaches
+
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal((11, 10))
+    close, far = truth + 0.05 * rng.standard_normal((11, 10)), -truth
+    off_on_random = np.concatenate([close[:9], far[9:]])
+    assert truth_breaches(truth, truth, off_on_random, "int8", photos=9) == []
+    assert truth_breaches(truth, truth, off_on_random, "fp16", photos=9)  # other precisions judge every input
+    off_on_a_photo = np.concatenate([close[:3], far[3:4], close[4:]])
+    (failure, *_) = truth_breaches(truth, truth, off_on_a_photo, "int8", photos=9)
+    assert "on photo 3" in failure
