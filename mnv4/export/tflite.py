@@ -207,12 +207,11 @@ def _cores() -> int:
 
 
 def tensor_quantization(detail: dict) -> dict:
-    """The dtype, scale and zero point of an int8 input or output, from the interpreter's tensor details."""
-    parameters = detail["quantization_parameters"]
-    scales, zero_points = parameters["scales"], parameters["zero_points"]
-    if len(scales) != 1:
-        raise MNV4Error(f"TFLite tensor {detail['name']} is not quantized per tensor ({len(scales)} scales)")
-    return {"dtype": detail["dtype"].__name__, "scale": float(scales[0]), "zero_point": int(zero_points[0])}
+    """The dtype, scale and zero point of an int8 input or output, as the runner reads them from the file."""
+    from ..runtimes.litert import quantization_of
+
+    scale, zero_point = quantization_of(detail)
+    return {"dtype": detail["dtype"].__name__, "scale": scale, "zero_point": zero_point}
 
 
 def op_census(flatbuffer: bytes) -> dict:

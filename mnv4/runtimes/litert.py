@@ -30,8 +30,8 @@ class LiteRTRunner(Runner):
         self._input_index = model_input["index"]
         self._output_index = model_output["index"]
         self._input_dtype = model_input["dtype"]
-        self._quantize = _quantization(model_input)
-        self._dequantize = _quantization(model_output)
+        self._quantize = quantization_of(model_input)
+        self._dequantize = quantization_of(model_output)
         self.layout = artifact_layout(model_input["shape_signature"], layout)
         # shape_signature marks a dynamic axis with -1.
         batch = int(model_input["shape_signature"][0])
@@ -61,7 +61,7 @@ class LiteRTRunner(Runner):
         return logits
 
 
-def _quantization(detail: dict) -> tuple[float, int] | None:
+def quantization_of(detail: dict) -> tuple[float, int] | None:
     """(scale, zero point) of a quantized integer input or output tensor; None for a float one (or an
     integer one without quantization, fed as it is)."""
     scales, zero_points = detail["quantization_parameters"]["scales"], detail["quantization_parameters"]["zero_points"]
