@@ -136,6 +136,26 @@ def test_onnx_int8_file_is_qdq_with_per_channel_weights_for_this_cpu(int8):
     assert activation_types == {np.dtype(quantization["activation_type"])}
 
 
+@pytest.mark.parametrize("kind, dot_product, arm, expected", [
+    ("x86 without VNNI", None, False, {"reduce_range": True, "activation_type": "uint8", "cpu": "x86 without VNNI"}),
+    ("ARM with dot product", "asimddp", True, {"reduce_range": False, "activation_type": "int8", "cpu": "asimddp"}),
+])
+def test_onnx_int8_for_the_other_kinds_of_cpu_keeps_the_accuracy(kind, dot_product, arm, expected, fixture, tmp_path,
+                                                                   monkeypatch):
+    """What an export on another CPU chooses (onnxruntime's guidance), made here by pretending to be one: the
+    recorded choice, and an artifact that still classifies the digits (run by this CPU's kernels)."""
+    import mnv4.cpu
+
+    monkeypatch.setattr(mnv4.cpu, "int8_dot_product", lambda: dot_product)
+    monkeypatch.setattr(mnv4.cpu, "is_arm", lambda: arm)
+    trained = fixture("conv_small")
+    path = tmp_path / "model.onnx"
+    facts = onnx_export.export(trained.model, trained.example(1), path, precision="int8",
+                               calibration=trained.calibration)
+    assert {key: facts["quantization"][key] for key in expected} == expected, kind
+    trained.check_accuracy(f"onnx int8 as on {kind}", OnnxRuntimeRunner(path))
+
+
 def test_onnx_int8_hybrid_keeps_the_fixtures_accuracy(int8):
     """Attention: its matmuls and softmax are quantized too; the pre-attention BatchNorms stay float."""
     trained, path, facts = int8("hybrid_medium", onnx_export, ".onnx")
