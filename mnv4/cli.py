@@ -107,7 +107,13 @@ def _print_parity(parity: dict, stream) -> None:
     evidence = (f"; against float64: artifact {truth['artifact']['rel_err']:.1e}, PyTorch fp32 "
                 f"{truth['pytorch_fp32']['rel_err']:.1e}, top-1 {truth['artifact']['top1_agreement']:.0%}"
                 if truth else "")
+    if parity.get("thresholds", {}).get("photos_only"):
+        photos = [value["photos"] for key, value in parity.items() if key.startswith("batch_")]
+        evidence += (f"; judged on the photos: rel err {max(p['rel_err'] for p in photos):.2e}, cosine "
+                     f"{min(p['cosine'] for p in photos):.6f}")
     task = parity.get("task")
+    if not task and parity["tolerance"] != "fp32":
+        evidence += "; accuracy not measured (for that, export mnv4's trained fixture: `mnv4 fixture`)"
     if task and "top1" in task:
         evidence += (f"; held-out top-1 on the {task['task']} {task['top1']['artifact']:.1%} (PyTorch fp32 "
                      f"{task['top1']['pytorch_fp32']:.1%})")
