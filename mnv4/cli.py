@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .artifact.formats import FORMATS, PRECISIONS, TORCH
+from .artifact.formats import COMPUTE_UNITS, DELEGATES, DEPLOYMENT_TARGETS, FORMATS, PRECISIONS, TORCH
 from .artifact.parity import MAX_TOP1_LOSS_POINTS
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARITY_FAILED, MNV4Error, one_line
 
@@ -138,6 +138,30 @@ def _print_quantization(manifest, stream) -> None:
           + (", ".join(f"{name} x{count}" for name, count in float_ops.items()) or "none"), file=stream)
 
 
+def _print_delegation(manifest, stream) -> None:
+    """Where the operators went: an ExecuTorch delegate's share and what stayed outside it, and what the runtime
+    read of a program without running it; a Core ML program's compute units, target and what needs macOS."""
+    delegation = manifest.facts.get("delegation")
+    if not delegation:
+        return
+    facts = manifest.facts
+    if "delegated_ops" in delegation:
+        outside = delegation["non_delegated_ops"]
+        print(f"  delegated to {delegation['delegate']}: {delegation['delegated_ops']}/{delegation['total_ops']} "
+              f"operators in {delegation['delegate_calls']} subgraph(s); outside: "
+              + (", ".join(f"{name} x{count}" for name, count in outside.items()) or "none")
+              + "".join(f"; {key.replace('_', ' ')} {facts[key]}" for key in ("compute_units", "minimum_deployment_target")
+                        if key in facts), file=stream)
+        structure = facts.get("structure_check")
+        if structure:
+            print(f"  structure: {structure['status']}: methods {', '.join(structure['methods'])}; forward "
+                  f"{structure['inputs'][0]} -> {structure['outputs'][0]}", file=stream)
+        return
+    print(f"  Core ML: compute units {facts.get('compute_units') or 'not set (Core ML chooses: all)'}, minimum "
+          f"deployment target {facts['minimum_deployment_target']}; compute plan {delegation['compute_plan']}",
+          file=stream)
+
+
 @app.command("export")
 def export_command(
     format: str = typer.Option("tflite", "--format", "-f", help=FORMAT_HELP),
@@ -156,6 +180,15 @@ def export_command(
     calibration_count: int | None = typer.Option(
         None, "--calibration-count", help="int8: how many calibration images (default: up to 64, spread over DIR)."),
     int8_io: bool = typer.Option(False, "--int8-io", help="TFLite int8: int8 input and output tensors (NPUs, Edge TPU)."),
+    delegate: str | None = typer.Option(
+        None, "--delegate", help=f"ExecuTorch: the backend its operators go to, {', '.join(DELEGATES)} (default "
+        f"{FORMATS['executorch'].delegates[0]}); only XNNPACK runs here, the others are lowered and checked but not "
+        f"executed."),
+    compute_units: str | None = typer.Option(
+        None, "--compute-units", help=f"Core ML (and ExecuTorch --delegate coreml): {', '.join(COMPUTE_UNITS)}."),
+    minimum_deployment_target: str | None = typer.Option(
+        None, "--minimum-deployment-target",
+        help=f"Core ML (and ExecuTorch --delegate coreml): {', '.join(DEPLOYMENT_TARGETS)} (default iOS17)."),
     max_accuracy_loss: float = typer.Option(
         MAX_TOP1_LOSS_POINTS, "--max-accuracy-loss",
         help="Points of held-out top-1 an artifact of the trained fixture may lose against PyTorch float32."),
@@ -189,7 +222,9 @@ def export_command(
     request = ExportRequest(variant=variant, weights=weights, resolution=resolution, precision=precision,
                             batch=batch, dynamic_batch=dynamic_batch, nhwc=nhwc, image_input=image_input,
                             verify=not no_verify, threads=threads, labels=labels, calibration=calibration,
-                            calibration_count=calibration_count, int8_io=int8_io, max_accuracy_loss=max_accuracy_loss)
+                            calibration_count=calibration_count, int8_io=int8_io, max_accuracy_loss=max_accuracy_loss,
+                            delegate=delegate, compute_units=compute_units,
+                            minimum_deployment_target=minimum_deployment_target)
     for fmt in formats:
         check_request(fmt, request)
     manifests, failed = [], []
@@ -208,6 +243,7 @@ def export_command(
             console.print(f"[green]wrote[/green] {manifest.artifact} ({manifest.bytes / 1e6:.1f} MB, "
                           f"exported in {manifest.export_seconds:.1f} s)")
             _print_quantization(manifest, stream)
+            _print_delegation(manifest, stream)
             _print_parity(manifest.parity, stream)
     if json_output:
         typer.echo(json.dumps(manifests if format == "all" else (manifests[0] if manifests else {}), indent=2))

@@ -11,12 +11,15 @@ import torch
 from ..artifact.formats import FORMATS
 from ..data import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import MissingExtraError, MNV4Error, UnsupportedOptionError
+from ..runtimes.coreml import COMPUTE_UNITS_METADATA
 from .program import MAX_DYNAMIC_BATCH, export_program
 
 INPUT_NAME = "pixels"
 IMAGE_INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 MINIMUM_DEPLOYMENT_TARGET = "iOS17"
+COMPUTE_PLAN = ("not known on Linux: which operations run on the Neural Engine, GPU or CPU is Core ML's "
+                "per-device compute plan (MLComputePlan), which needs macOS")
 
 # int8: coremltools' linear quantizer, int8 symmetric (zero point 0) for both weights (one scale per
 # output channel) and activations (one scale per tensor, from its calibrated min and max). Every
@@ -37,8 +40,11 @@ FUSED_ACTIVATIONS = ("relu", "relu6", "leaky_relu", "tanh", "scaled_tanh", "sigm
 def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precision: str = "fp32",
            dynamic_batch: bool = False, nhwc: bool = False, image_input: bool = False,
            mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-           calibration: np.ndarray | None = None) -> dict:
-    """Write `model` as a Core ML ML program (iOS 17+) at `path`; returns the facts for the manifest.
+           calibration: np.ndarray | None = None, compute_units: str | None = None,
+           minimum_deployment_target: str = MINIMUM_DEPLOYMENT_TARGET) -> dict:
+    """Write `model` as a Core ML ML program (iOS 17+ unless `minimum_deployment_target` says otherwise) at
+    `path`; returns the facts for the manifest. `compute_units` (all, cpu_only, cpu_and_gpu, cpu_and_ne) is
+    stored in the model's metadata for whoever loads it: Core ML takes them at load time.
 
     fp16 is Core ML's float16 compute precision (weights and arithmetic, as the GPU and Neural Engine
     run anyway) with float32 input and output. int8-weights is coremltools' weight-only linear
@@ -49,7 +55,8 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     export's maximum. The input is an NCHW float32 tensor, or with `image_input` an RGB image (a
     CVPixelBuffer on device) normalised inside the model with `mean` and `std`.
     """
-    FORMATS["coreml"].check(precision=precision, nhwc=nhwc, dynamic_batch=dynamic_batch, image_input=image_input)
+    FORMATS["coreml"].check(precision=precision, nhwc=nhwc, dynamic_batch=dynamic_batch, image_input=image_input,
+                            compute_units=compute_units, minimum_deployment_target=minimum_deployment_target)
     if precision == "int8" and (calibration is None or len(calibration) == 0):
         raise UnsupportedOptionError("Core ML --precision int8 needs calibration images (they set its activation ranges)")
     if image_input and (dynamic_batch or example.shape[0] != 1):
@@ -82,7 +89,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
         inputs=[model_input],
         outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
         convert_to="mlprogram",
-        minimum_deployment_target=getattr(ct.target, MINIMUM_DEPLOYMENT_TARGET),
+        minimum_deployment_target=getattr(ct.target, minimum_deployment_target),
         compute_precision=compute_precision,
         # Loading compiles the model for prediction, which only macOS can do; saving needs no load.
         skip_model_load=True,
@@ -98,6 +105,8 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
         # float16 program: numpy then warns of 0/0 while the channel is (correctly) written as zeros.
         with np.errstate(divide="ignore", invalid="ignore"):
             mlmodel = linear_quantize_weights(mlmodel, _quantizer_config())
+    if compute_units:
+        mlmodel.user_defined_metadata[COMPUTE_UNITS_METADATA] = compute_units
     mlmodel.save(str(path))
 
     dtype = "float16" if precision in ("fp16", "int8") else "float32"
@@ -112,7 +121,9 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
         "input_kind": "image" if image_input else "tensor",
         "output_name": OUTPUT_NAME,
         "model_type": "mlprogram",
-        "minimum_deployment_target": MINIMUM_DEPLOYMENT_TARGET,
+        "minimum_deployment_target": minimum_deployment_target,
+        "compute_units": compute_units,  # None: not set (Core ML's default is all; mnv4's predict runner uses the CPU)
+        "delegation": {"compute_plan": COMPUTE_PLAN},
         "weights_dtype": "int8" if precision.startswith("int8") else dtype,
         "compute_dtype": "int8" if precision == "int8" else dtype,
         "output_dtype": "float32",

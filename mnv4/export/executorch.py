@@ -1,6 +1,7 @@
-"""ExecuTorch export: the shared torch.export program lowered to the XNNPACK delegate and written as
-one .pte file, with a record of which operators XNNPACK runs and which stay on portable kernels.
-int8 is PT2E static quantization with XNNPACK's own quantizer before the same lowering."""
+"""ExecuTorch export: the shared torch.export program lowered to a delegate (XNNPACK by default; Vulkan,
+Core ML or QNN) and written as one .pte file, with a record of which operators the delegate runs and which
+stay on portable kernels. int8 is PT2E static quantization with XNNPACK's own quantizer before the same
+lowering."""
 from __future__ import annotations
 
 import copy
@@ -12,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifact.formats import FORMATS
+from ..artifact.formats import FORMATS, Delegate
 from ..errors import MissingExtraError, UnsupportedOptionError
-from ..runtimes.executorch import DYNAMIC_BATCH_METHOD
+from ..runtimes.executorch import DYNAMIC_BATCH_METHOD, program_interface
+from .coreml import MINIMUM_DEPLOYMENT_TARGET
 from .program import export_program, mobile_program
 
 # The dtype the model computes in before lowering: int8 starts from the float32 model.
@@ -30,11 +32,18 @@ _FUSED_ACTIVATIONS = ("aten.relu.default", "aten.hardtanh.default", "aten.clamp.
 # lies on; a 2-image example keeps the small batches, and 15 is then the most float32 can plan for.
 MAX_BATCH = 15
 DYNAMIC_EXAMPLE_BATCH = 2
+# The delegate's Core ML programs run wherever Core ML likes unless told (its CoreMLBackend's own default).
+COREML_DELEGATE_COMPUTE_UNITS = "all"
+# QNN compiles ahead of time for one Hexagon NPU: Snapdragon 8 Gen 3's (HTP v75), a current flagship.
+QNN_SOC = "SM8650"
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precision: str = "fp32",
-           dynamic_batch: bool = False, nhwc: bool = False, calibration: np.ndarray | None = None) -> dict:
-    """Write `model` as an XNNPACK-delegated .pte at `path`; returns the facts for the manifest.
+           dynamic_batch: bool = False, nhwc: bool = False, calibration: np.ndarray | None = None,
+           delegate: str | None = None, compute_units: str | None = None,
+           minimum_deployment_target: str | None = None) -> dict:
+    """Write `model` as a .pte at `path`, lowered to `delegate` (default XNNPACK); returns the facts for the
+    manifest. What follows is XNNPACK's; `_lowering` says how the other delegates differ.
 
     fp16 runs XNNPACK's float16 kernels (weights and arithmetic in half precision, the only float16
     mode the delegate has) behind a float32 input and output, so callers feed the same tensors as for
@@ -48,17 +57,20 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     quantization and the output's dequantization run inside the delegate, so the .pte still takes and
     gives float32.
     """
-    FORMATS["executorch"].check(precision=precision, nhwc=nhwc, dynamic_batch=dynamic_batch)
+    artifact_format = FORMATS["executorch"]
+    artifact_format.check(precision=precision, nhwc=nhwc, dynamic_batch=dynamic_batch, delegate=delegate,
+                          compute_units=compute_units, minimum_deployment_target=minimum_deployment_target)
     if precision == "int8" and (calibration is None or len(calibration) == 0):
         raise UnsupportedOptionError("ExecuTorch int8 export needs calibration images")
     try:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
         from executorch.exir.sym_util import eval_upper_bound
     except ImportError:
         raise MissingExtraError("ExecuTorch export", "executorch") from None
 
-    module = _Deployable(model, DTYPES[precision], nhwc).eval()
+    row = artifact_format.delegate_of(delegate)
+    partitioner, program_dtype, delegate_facts = _lowering(row, precision, compute_units, minimum_deployment_target)
+    module = _Deployable(model, program_dtype, nhwc).eval()
     sample = example[:DYNAMIC_EXAMPLE_BATCH] if dynamic_batch else example
     if nhwc:
         sample = sample.permute(0, 2, 3, 1).contiguous()
@@ -68,35 +80,39 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     edge = to_edge_transform_and_lower(
         program,
         transform_passes=[_reshapes_as_static_views],
-        partitioner=[XnnpackPartitioner()],
+        partitioner=[partitioner],
         constant_methods={DYNAMIC_BATCH_METHOD: dynamic_batch},
     )
     lowered = edge.exported_program()
     # Read before to_executorch, which rewrites the graph in place into out-variants and allocations.
-    delegation = _delegation(lowered.graph_module)
+    delegation = _delegation(lowered.graph_module, row)
     arithmetic = _arithmetic(lowered.graph_module) if precision == "int8" else None
     (input_name,) = lowered.graph_signature.user_inputs
     batch_size = next(node for node in lowered.graph.nodes if node.name == input_name).meta["val"].shape[0]
     if dynamic_batch:
         _bound(batch_size, MAX_BATCH)
+    max_batch = eval_upper_bound(batch_size) if dynamic_batch else None
     path.write_bytes(edge.to_executorch().buffer)
+    input_shape = [-1 if dynamic_batch else sample.shape[0], *sample.shape[1:]]
 
     dtype = "int8" if precision == "int8" else str(DTYPES[precision]).removeprefix("torch.")
     facts = {
         "toolchain": {"torch": torch.__version__, "executorch": metadata.version("executorch")},
         "input_name": input_name,
         "input_layout": "NHWC" if nhwc else "NCHW",
-        "input_shape": [-1 if dynamic_batch else sample.shape[0], *sample.shape[1:]],
+        "input_shape": input_shape,
         "input_dtype": "float32",
         "output_dtype": "float32",
         "method": "forward",
-        "backend": "XnnpackBackend",
+        "backend": row.backend,
         "weights_dtype": dtype,
         "compute_dtype": dtype,
         "delegation": delegation,
+        "structure_check": _structure_check(path, input_shape, max_batch),
+        **delegate_facts,
     }
     if dynamic_batch:
-        facts["max_batch"] = eval_upper_bound(batch_size)
+        facts["max_batch"] = max_batch
     if arithmetic is not None:
         quantized, float_ops = arithmetic
         activations = f"int8 per tensor, asymmetric, HistogramObserver over {len(calibration)} images"
@@ -118,6 +134,59 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
                                "its convolution counts with it)"),
         }
     return facts
+
+
+def _lowering(delegate: Delegate, precision: str, compute_units: str | None,
+              minimum_deployment_target: str | None) -> tuple[object, torch.dtype, dict]:
+    """The partitioner that lowers to `delegate`, the dtype the program computes in when it reaches it, and
+    the delegate's settings for the manifest.
+
+    XNNPACK and Vulkan run the program's own dtype: fp16 is the model in float16 behind float32 casts (Vulkan
+    takes the casts too). Core ML and QNN take a float32 program and compute fp16 in their own float16 mode:
+    Core ML's compute precision (with the compute units and deployment target baked into the delegate, where
+    an .mlpackage leaves compute units to load time), the QNN HTP's fp16."""
+    try:
+        if delegate.name == "xnnpack":
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+            return XnnpackPartitioner(), DTYPES[precision], {}
+        if delegate.name == "vulkan":
+            from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
+
+            return VulkanPartitioner(), DTYPES[precision], {}
+        if delegate.name == "coreml":
+            import coremltools as ct
+            from executorch.backends.apple.coreml.compiler import CoreMLBackend
+            from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+            units = compute_units or COREML_DELEGATE_COMPUTE_UNITS
+            target = minimum_deployment_target or MINIMUM_DEPLOYMENT_TARGET
+            specs = CoreMLBackend.generate_compile_specs(
+                compute_unit=ct.ComputeUnit[units.upper()], minimum_deployment_target=getattr(ct.target, target),
+                compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32)
+            return (CoreMLPartitioner(compile_specs=specs), torch.float32,
+                    {"compute_units": units, "minimum_deployment_target": target})
+        from executorch.backends.qualcomm.partition.qnn_partitioner import QnnPartitioner
+        from executorch.backends.qualcomm.serialization.qc_schema import QcomChipset
+        from executorch.backends.qualcomm.utils.utils import generate_htp_compiler_spec, generate_qnn_executorch_compiler_spec
+
+        specs = generate_qnn_executorch_compiler_spec(soc_model=QcomChipset[QNN_SOC],
+                                                      backend_options=generate_htp_compiler_spec(use_fp16=True))
+        return QnnPartitioner(specs), torch.float32, {"qnn_soc": QNN_SOC}
+    except ImportError:
+        raise MissingExtraError(f"ExecuTorch's {delegate.label} delegate", "executorch") from None
+
+
+def _structure_check(path: Path, input_shape: list[int], max_batch: int | None) -> dict:
+    """What the ExecuTorch runtime says of the written program without running it (which a program whose
+    delegate this runtime lacks cannot do): its methods, and forward's input and output shapes, which must
+    be the ones exported (a dynamic batch shows as the largest batch, the one memory is planned for)."""
+    interface = program_interface(path)
+    expected = [max_batch or input_shape[0], *input_shape[1:]]
+    if "forward" not in interface["methods"] or interface["inputs"] != [expected] or len(interface["outputs"]) != 1:
+        raise RuntimeError(f"the written .pte is not the program exported: executorch.runtime reads {interface}, "
+                           f"expected a forward method taking {expected} and giving one output")
+    return {"status": "loads in executorch.runtime with the exported interface (not run)", **interface}
 
 
 def _quantized(module: torch.nn.Module, calibration: np.ndarray, nhwc: bool) -> torch.nn.Module:
@@ -210,11 +279,13 @@ def _bound(size: torch.SymInt, largest: int) -> None:
     ranges[size.node.expr] &= ValueRanges(1, largest)
 
 
-def _delegation(graph_module: torch.fx.GraphModule) -> dict:
-    """How many operators XNNPACK runs, in how many delegate calls, and which operators it does not
-    run (by name, with counts). Tuple unpacking of a delegate's outputs is not an operator."""
-    delegate = torch.ops.higher_order.executorch_call_delegate
-    calls = [node for node in graph_module.graph.nodes if node.target is delegate]
+def _delegation(graph_module: torch.fx.GraphModule, delegate: Delegate) -> dict:
+    """How many operators `delegate` runs, of how many, in how many delegate calls (one per delegated
+    subgraph), and which operators it does not run (by name, with counts). Tuple unpacking of a delegate's
+    outputs is not an operator: executorch.devtools' get_delegation_info counts the same nodes but with the
+    unpacking as one, which reads as one operator left outside a fully delegated program."""
+    call_delegate = torch.ops.higher_order.executorch_call_delegate
+    calls = [node for node in graph_module.graph.nodes if node.target is call_delegate]
     delegated = sum(
         node.op == "call_function" and node.target is not operator.getitem
         for call in calls
@@ -222,10 +293,10 @@ def _delegation(graph_module: torch.fx.GraphModule) -> dict:
     )
     outside = Counter(
         _operator_name(node.target) for node in graph_module.graph.nodes
-        if node.op == "call_function" and node.target not in (delegate, operator.getitem)
+        if node.op == "call_function" and node.target not in (call_delegate, operator.getitem)
     )
-    return {"delegated_ops": delegated, "non_delegated_ops": dict(sorted(outside.items())),
-            "delegate_calls": len(calls)}
+    return {"delegate": delegate.name, "delegated_ops": delegated, "total_ops": delegated + sum(outside.values()),
+            "non_delegated_ops": dict(sorted(outside.items())), "delegate_calls": len(calls)}
 
 
 def _arithmetic(graph_module: torch.fx.GraphModule) -> tuple[Counter, Counter]:

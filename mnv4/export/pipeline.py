@@ -41,6 +41,10 @@ MAX_BATCH = MAX_DYNAMIC_BATCH
 MAX_THREADS = 256
 
 
+# Options handed to the exporter only when set (as int8_io is): exporters of formats without them do not take them.
+_TOOLCHAIN_OPTIONS = ("delegate", "compute_units", "minimum_deployment_target")
+
+
 class VerificationFailed(Exception):
     """The artifact computes something other than the PyTorch model (exit code 1, not a usage error)."""
 
@@ -61,6 +65,9 @@ class ExportRequest:
     calibration: Path | None = None  # int8: a directory of calibration images (default: built-in photos)
     calibration_count: int | None = None  # int8: how many calibration images (default: up to DEFAULT_COUNT)
     int8_io: bool = False  # int8 TFLite: int8 input and output tensors
+    delegate: str | None = None  # ExecuTorch: the backend its operators go to (None: the format's default)
+    compute_units: str | None = None  # Core ML programs: the hardware Core ML may run them on
+    minimum_deployment_target: str | None = None  # Core ML programs: the oldest OS that runs them
     max_accuracy_loss: float = MAX_TOP1_LOSS_POINTS  # the trained fixture's allowed top-1 loss, in points
 
 
@@ -79,6 +86,9 @@ def read_labels(path: Path) -> list[str]:
 def default_output(request: ExportRequest, fmt: str, resolution: int) -> Path:
     parts = [f"mnv4_{request.variant}", f"r{resolution}", request.precision]
     parts += ["int8io"] if request.int8_io else []
+    parts += [request.delegate] if request.delegate not in (None, *FORMATS[fmt].delegates[:1]) else []
+    parts += [request.compute_units] if request.compute_units else []
+    parts += [request.minimum_deployment_target] if request.minimum_deployment_target else []
     parts += ["nhwc"] if request.nhwc else []
     parts += ["image"] if request.image_input else []
     parts += ["dynamic"] if request.dynamic_batch else ([f"b{request.batch}"] if request.batch != 1 else [])
@@ -101,7 +111,8 @@ def check_request(fmt: str, request: ExportRequest) -> None:
         raise MNV4Error(f"--max-accuracy-loss is in points of top-1, from 0 to 100, got {request.max_accuracy_loss:g}")
     get_spec(request.variant)  # an unknown variant is refused here, before any work
     get_format(fmt).check(precision=request.precision, nhwc=request.nhwc, dynamic_batch=request.dynamic_batch,
-                          image_input=request.image_input, int8_io=request.int8_io)
+                          image_input=request.image_input, int8_io=request.int8_io, delegate=request.delegate,
+                          compute_units=request.compute_units, minimum_deployment_target=request.minimum_deployment_target)
     if request.precision not in CALIBRATED:
         for option, value in (("--calibration", request.calibration), ("--calibration-count", request.calibration_count)):
             if value is not None:
@@ -159,7 +170,9 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
                                     **({"image_input": True, "mean": preprocessing.mean, "std": preprocessing.std}
                                        if request.image_input else {}),
                                     **({"calibration": calibration.images} if calibration else {}),
-                                    **({"int8_io": True} if request.int8_io else {}))
+                                    **({"int8_io": True} if request.int8_io else {}),
+                                    **{option: getattr(request, option) for option in _TOOLCHAIN_OPTIONS
+                                       if getattr(request, option) is not None})
         export_seconds = time.perf_counter() - started
         verification = {"passed": None, "status": "skipped (--no-verify)"}
         if request.verify:

@@ -17,6 +17,10 @@ from ..artifact.parity import compare
 from ..errors import MissingExtraError, MNV4Error, PlatformUnsupportedError
 from .base import Runner, run_in_artifact_batches
 
+# The exporter's record of --compute-units in the model's user-defined metadata (Core ML applies compute units
+# at load, not at conversion), so that the predict runner honours them with or without the manifest.
+COMPUTE_UNITS_METADATA = "mnv4.compute_units"
+
 
 @dataclass(frozen=True)
 class Interface:
@@ -43,13 +47,14 @@ def read_interface(spec) -> Interface:
 
 
 class CoreMLPredictRunner(Runner):
-    """An .mlpackage with a tensor input in Core ML, on the CPU so that float32 stays float32 (the
+    """An .mlpackage with a tensor input in Core ML, on the compute units `compute_units` names, else those the
+    export recorded in the model (--compute-units), else on the CPU alone, so that float32 stays float32 (the
     GPU and Neural Engine compute in float16) and numbers compare with the other CPU runtimes.
     Core ML schedules its own threads: `threads` is recorded, not applied."""
 
     runtime = "coreml"
 
-    def __init__(self, path: str | Path, threads: int = 1):
+    def __init__(self, path: str | Path, threads: int = 1, compute_units: str | None = None):
         super().__init__(path, threads)
         # Checked first: installing coremltools would not help on another OS.
         if sys.platform != "darwin":
@@ -60,7 +65,9 @@ class CoreMLPredictRunner(Runner):
             import coremltools as ct
         except ImportError:
             raise MissingExtraError("Core ML", "coreml") from None
-        self.model = ct.models.MLModel(str(self.path), compute_units=ct.ComputeUnit.CPU_ONLY)
+        recorded = ct.utils.load_spec(str(self.path)).description.metadata.userDefined.get(COMPUTE_UNITS_METADATA)
+        self.compute_units = compute_units or recorded or "cpu_only"
+        self.model = ct.models.MLModel(str(self.path), compute_units=ct.ComputeUnit[self.compute_units.upper()])
         self.interface = read_interface(self.model.get_spec())
         if self.interface.image_input:
             raise MNV4Error(f"{self.path.name} takes an image, not the normalised NCHW tensors a runner is given; "

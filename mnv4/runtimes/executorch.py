@@ -1,4 +1,8 @@
-"""ExecuTorch runner for .pte artifacts: the C++ runtime through its Python bindings, XNNPACK on CPU."""
+"""ExecuTorch runner for .pte artifacts: the C++ runtime through its Python bindings, XNNPACK on CPU.
+
+A program delegated to a backend this runtime does not register (the pip wheel has XNNPACK, QNN and OpenVINO:
+not Vulkan, not Core ML) loads as a program but its methods do not: that is a PlatformUnsupportedError, so
+parity reports it as not executed rather than as a damaged file or a pass."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import MissingExtraError
+from ..artifact.formats import DELEGATES
+from ..errors import MissingExtraError, PlatformUnsupportedError
 from .base import Runner, artifact_layout, run_in_artifact_batches
 
 # A constant method the exporter stores in the .pte beside `forward`, so that the runner knows whether the
@@ -59,8 +64,27 @@ class ExecuTorchRunner(Runner):
             _threadpool_generation += 1
         if self._generation != _threadpool_generation:
             self._program = self._runtime.load_program(self.path)
-            self._forward = self._program.load_method("forward")
+            try:
+                self._forward = self._program.load_method("forward")
+            except RuntimeError:
+                self._refuse_missing_backends()
+                raise
             self._generation = _threadpool_generation
+
+    def _refuse_missing_backends(self) -> None:
+        """Raise PlatformUnsupportedError when the program delegates to a backend this runtime lacks. Read
+        only once a method failed to load: ExecuTorch's program deserialiser takes seconds to import."""
+        from executorch.exir._serialize._program import deserialize_pte_binary
+
+        plans = deserialize_pte_binary(self.path.read_bytes()).program.execution_plan
+        registered = self._runtime.backend_registry.registered_backend_names
+        missing = sorted({delegate.id for plan in plans for delegate in plan.delegates} - set(registered))
+        if missing:
+            labels = {row.backend: row.label for row in DELEGATES.values()}
+            raise PlatformUnsupportedError(
+                f"no {' or '.join(labels.get(backend, backend) for backend in missing)} runtime here: "
+                f"the program delegates to {', '.join(missing)}, which this ExecuTorch runtime does not register "
+                f"(it has {', '.join(sorted(registered))})")
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         # A dynamic batch may be any size up to max_batch: split larger ones.
@@ -68,3 +92,18 @@ class ExecuTorchRunner(Runner):
             self._forward.execute([torch.from_numpy(batch[start:start + self.max_batch])])[0].numpy()
             for start in range(0, len(batch), self.max_batch)
         ])
+
+
+def program_interface(path: str | Path) -> dict:
+    """What the ExecuTorch runtime reads of a .pte without loading its methods (so also where its delegate
+    is missing): the method names, and forward's input and output shapes."""
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(Path(path))
+    methods = sorted(program.method_names)
+    if "forward" not in methods:
+        return {"methods": methods, "inputs": [], "outputs": []}
+    meta = program.metadata("forward")
+    return {"methods": methods,
+            "inputs": [list(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())],
+            "outputs": [list(meta.output_tensor_meta(i).sizes()) for i in range(meta.num_outputs())]}
