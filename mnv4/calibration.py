@@ -93,8 +93,7 @@ def directory_calibration(directory: Path, preprocessing: Preprocessing, count: 
     """Calibration images from a directory (an unreadable one is an error naming it); noise alone is refused."""
     files = chosen(image_files(directory), count, str(directory))
     pictures = [load_image(path) for path in files]
-    noise = [path.name for path, picture in zip(files, pictures) if looks_like_noise(np.asarray(picture))]
-    if len(noise) == len(files):
+    if all(looks_like_noise(np.asarray(picture)) for picture in pictures):
         raise MNV4Error(f"the calibration images in {directory} look like random noise (neighbouring pixels are "
                         f"uncorrelated): int8 ranges fitted to noise lose accuracy on real inputs; calibrate on real "
                         f"images of what the model will see")

@@ -1,6 +1,7 @@
 """The `mnv4` command line: a thin layer over the package's functions."""
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
 
@@ -8,7 +9,16 @@ import typer
 
 from .artifact.formats import COMPUTE_UNITS, DELEGATES, DEPLOYMENT_TARGETS, FORMATS, PRECISIONS, TORCH
 from .artifact.parity import MAX_TOP1_LOSS_POINTS
-from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARITY_FAILED, MNV4Error, one_line
+from .errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARITY_FAILED,
+    MissingExtraError,
+    MNV4Error,
+    one_line,
+)
 
 app = typer.Typer(
     help="MobileNetV4: reference model, verified exports, parity and latency.",
@@ -20,6 +30,26 @@ app = typer.Typer(
 VARIANT_HELP = "Model variant (see `mnv4 info --help`): conv_small, conv_medium, conv_large, hybrid_medium, ..."
 FORMAT_HELP = f"{', '.join(FORMATS)} or all."
 VERBOSE_HELP = "Show the toolchains' and runtimes' own output (shown anyway when a step fails)."
+XNNPACK_FP16_HELP = ("TFLite: XNNPACK computes in float16 where the CPU has float16 arithmetic (as phones do); "
+                     "judged by the float16-arithmetic limits.")
+
+
+# What `mnv4 bench` needs to export the model itself, and so cannot take with --artifacts.
+EXPORTING_BENCH_OPTIONS = ("variant", "formats", "precisions", "batch", "device", "weights", "resolution",
+                           "compare_timm")
+
+
+def require_torch(command: str) -> None:
+    """A command that builds the PyTorch model, refused in one line on a runtime-only install (mnv4[runtime])."""
+    from .extras import torch_installed
+
+    if not torch_installed():
+        raise MissingExtraError(f"PyTorch, which {command} needs,", "torch")
+
+
+def runner_options(xnnpack_fp16: bool) -> dict:
+    """The runner keywords that options ask for (only those set, so every runner takes them)."""
+    return {"xnnpack_fp16": True} if xnnpack_fp16 else {}
 
 
 def imagenet_class_names() -> list[str]:
@@ -47,6 +77,7 @@ def info(
                                              help="Input resolution (default: the variant's)."),
 ):
     """Print parameters, MACs, default resolution, preprocessing and a per-layer table."""
+    require_torch("`mnv4 info`")
     from .model.factory import create_model
     from .model.profile import summary
 
@@ -69,6 +100,7 @@ def predict(
     top: int = typer.Option(5, "--top", "-k", min=1, help="How many classes to print."),
 ):
     """Print the top-K ImageNet classes for IMAGE, with timm's eval preprocessing."""
+    require_torch("`mnv4 predict`")
     import torch
 
     from .data import load_image
@@ -86,6 +118,7 @@ def fixture(
 ):
     """Train VARIANT on the digits (scikit-learn's, offline), or find it in the cache: the trained checkpoint
     on which reduced precision is judged by accuracy. Prints its path; pass it to export with --weights."""
+    require_torch("`mnv4 fixture`")
     from rich.console import Console
 
     from .chatter import terminal
@@ -119,6 +152,8 @@ def _print_parity(parity: dict, stream) -> None:
                      f"{task['top1']['pytorch_fp32']:.1%})")
     elif task:
         evidence += f"; {task['task']} accuracy {task['status']}"
+    if parity.get("reference_source"):
+        evidence += f"; reference {parity['reference_source']}"
     print(f"  parity on {parity['inputs']['photos']} photos + {parity['inputs']['random']} random inputs: "
           f"rel err {worst['rel_err']:.2e}, max |d| {worst['max_abs']:.2e}, cosine {worst['cosine']:.6f}, "
           f"top-1 {worst['top1_agreement']:.0%}, top-5 {worst['top5_agreement']:.0%} vs PyTorch fp32"
@@ -209,6 +244,7 @@ def export_command(
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ):
     """Export a variant to ONNX, TFLite, ExecuTorch or Core ML and prove it computes what PyTorch does."""
+    require_torch("`mnv4 export`")
     import json
 
     from rich.console import Console
@@ -288,22 +324,28 @@ def verify(
     threads: int = typer.Option(1, "--threads", min=1, help="Runtime threads."),
     max_accuracy_loss: float | None = typer.Option(
         None, "--max-accuracy-loss", help="Points of held-out top-1 the trained fixture may lose (default: as exported)."),
+    reference: str = typer.Option(
+        "auto", "--reference", help="stored: the PyTorch numbers stored beside the manifest at export (no PyTorch "
+        "needed); model: rebuilt from the model the manifest names; auto: stored where there are some and no --weights."),
+    xnnpack_fp16: bool = typer.Option(False, "--xnnpack-fp16", help=XNNPACK_FP16_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print the parity results as JSON on stdout."),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ):
-    """Re-run the parity check of an existing artifact against PyTorch; exit code 1 when it fails."""
+    """Re-run the parity check of an existing artifact against PyTorch (its stored numbers, or the model itself);
+    exit code 1 when it fails."""
     import json
     import sys
 
     from .artifact.files import sha256
     from .artifact.manifest import read_manifest
     from .chatter import captured
-    from .export import verify_manifest
+    from .export.verify import verify_manifest
 
     manifest = read_manifest(artifact)
     changed = sha256(artifact) != manifest.sha256
     with captured(not verbose):
-        parity = verify_manifest(artifact, manifest, weights, threads, max_accuracy_loss)
+        parity = verify_manifest(artifact, manifest, weights, threads, max_accuracy_loss, reference,
+                                 **runner_options(xnnpack_fp16))
     if changed:
         # Still verified: parity, not the hash, decides whether it computes the right thing.
         typer.echo(f"warning: {artifact} has changed since export (sha256 differs from the manifest's)", err=True)
@@ -324,6 +366,7 @@ def _list(text: str, convert=str) -> tuple:
 
 @app.command()
 def bench(
+    context: typer.Context,
     variant: str = typer.Option("conv_small", "--variant", "-v", help=VARIANT_HELP),
     formats: str = typer.Option(",".join([*FORMATS, TORCH]), "--formats",
                                 help=f"Comma-separated: {', '.join([*FORMATS, TORCH])}."),
@@ -341,33 +384,61 @@ def bench(
     compare_timm: bool = typer.Option(False, "--compare-timm", help="Also measure timm's model, exported the same way."),
     output_dir: Path = typer.Option(Path("bench-results"), "--output-dir", "-o", help="Where results and report go."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when any row failed or breaches parity (for CI)."),
+    artifacts: list[Path] | None = typer.Option(
+        None, "--artifacts", help="Measure these exported artifacts (or the ones in these folders) instead of "
+        "exporting: judged by their stored references, no PyTorch needed (mnv4\\[runtime]). Repeatable."),
+    xnnpack_fp16: bool = typer.Option(False, "--xnnpack-fp16", help="With --artifacts: " + XNNPACK_FP16_HELP),
+    machine_name: str | None = typer.Option(
+        None, "--machine-name", help="With --artifacts: the machine's name in reports (default: host-os-arch)."),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ):
-    """Parity and latency of every format and runtime (fresh process each), next to PyTorch and timm."""
+    """Parity and latency of every format and runtime (fresh process each), next to PyTorch and timm; with
+    --artifacts, of artifacts exported elsewhere."""
     import shlex
     import sys
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .bench.plan import BenchOptions, check_options
-    from .bench.run import bench as run_bench
+    from .bench.plan import BenchOptions, check_options, check_timing
     from .bench.run import strict_failures
     from .chatter import captured, terminal
 
+    given = [name for name in context.params if context.get_parameter_source(name).name != "DEFAULT"]
+    if artifacts:
+        exporting = [f"--{name.replace('_', '-')}" for name in given if name in EXPORTING_BENCH_OPTIONS]
+        if exporting:
+            raise MNV4Error(f"{', '.join(exporting)} do not go with --artifacts: the artifacts are what is measured")
+    else:
+        with_artifacts = [f"--{name.replace('_', '-')}" for name in given if name in ("xnnpack_fp16", "machine_name")]
+        if with_artifacts:
+            raise MNV4Error(f"{', '.join(with_artifacts)} go with --artifacts DIR")
+        require_torch("`mnv4 bench` without --artifacts")
     stream = terminal()
     console = Console(file=stream)
-    options = BenchOptions(
-        variant=variant, formats=_list(formats), precisions=_list(precisions), threads=_list(threads, int),
-        batches=_list(batch, int) if batch else None, device=device, warmup=warmup, repeats=repeats,
-        iterations=iterations,
-        min_seconds=min_seconds, weights=str(weights) if weights else None, resolution=resolution,
-        compare_timm=compare_timm, command=shlex.join(["mnv4", *sys.argv[1:]]))
-    check_options(options)
+    if artifacts:
+        from .bench.artifacts import ArtifactBenchOptions, bench_artifacts, find_artifacts
+
+        options = ArtifactBenchOptions(threads=_list(threads, int), warmup=warmup, repeats=repeats,
+                                       iterations=iterations, min_seconds=min_seconds, xnnpack_fp16=xnnpack_fp16,
+                                       machine_name=machine_name)
+        check_timing(options)
+        measure = functools.partial(bench_artifacts, find_artifacts(list(artifacts)), options)
+    else:
+        from .bench.run import bench as run_bench
+
+        bench_options = BenchOptions(
+            variant=variant, formats=_list(formats), precisions=_list(precisions), threads=_list(threads, int),
+            batches=_list(batch, int) if batch else None, device=device, warmup=warmup, repeats=repeats,
+            iterations=iterations,
+            min_seconds=min_seconds, weights=str(weights) if weights else None, resolution=resolution,
+            compare_timm=compare_timm, command=shlex.join(["mnv4", *sys.argv[1:]]))
+        check_options(bench_options)
+        measure = functools.partial(run_bench, bench_options)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress, captured(not verbose, shown_to=stream):
         task = progress.add_task("starting", total=None)
-        results = run_bench(options, output_dir, progress=lambda text, done, total: progress.update(
+        results = measure(output_dir, progress=lambda text, done, total: progress.update(
             task, description=text, completed=done, total=total))
     rows = results["rows"]
     console.print(f"[green]wrote[/green] {output_dir / 'results.json'}, report.md, report.html: {len(rows)} rows, "

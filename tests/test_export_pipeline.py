@@ -75,13 +75,13 @@ def test_verify_passes_then_fails_when_the_reference_changes(exported, tmp_path)
     result = run_cli("verify", artifact, "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["passed"] is True
-    # The same artifact judged against other weights (seed 1) must fail, with exit code 1.
+    # The same artifact judged against other weights (seed 1), rebuilt from the model, must fail, with exit code 1.
     copy = tmp_path / artifact.name
     copy.write_bytes(artifact.read_bytes())
     manifest = json.loads(manifest_path(artifact).read_text())
     manifest["weights"]["seed"] = 1
     manifest_path(copy).write_text(json.dumps(manifest))
-    result = run_cli("verify", copy)
+    result = run_cli("verify", copy, "--reference", "model")
     assert result.returncode == 1
     assert "FAIL: relative error" in result.stderr and "x the limit" in result.stderr
 

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from mnv4.artifact.parity import MAX_TOP1_LOSS_POINTS, top1
 from mnv4.errors import UnsupportedOptionError
 from mnv4.export import coreml as coreml_export
 from mnv4.export.verify import reference_model
-from mnv4.model.task import MAX_TOP1_LOSS_POINTS, digits, predict, top1, trained_fixture
+from mnv4.model.task import digits, predict, trained_fixture
 from mnv4.runtimes.coreml import CoreMLProgramRunner
 from mnv4.runtimes.coreml_program import OPERATIONS, Inputs, Program
 

@@ -11,12 +11,13 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
+from mnv4.artifact.parity import MAX_TOP1_LOSS_POINTS, top1
 from mnv4.cpu import int8_dot_product, is_arm
 from mnv4.errors import UnsupportedOptionError
 from mnv4.export import executorch as executorch_export
 from mnv4.export import onnx as onnx_export
 from mnv4.export import reference_model
-from mnv4.model.task import MAX_TOP1_LOSS_POINTS, digits, predict, top1, trained_fixture
+from mnv4.model.task import digits, predict, trained_fixture
 from mnv4.runtimes.executorch import ExecuTorchRunner
 from mnv4.runtimes.onnxruntime import OnnxRuntimeRunner
 

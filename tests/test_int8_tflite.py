@@ -10,11 +10,12 @@ import torch
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
+from mnv4.artifact.parity import MAX_TOP1_LOSS_POINTS, top1
 from mnv4.errors import UnsupportedOptionError
 from mnv4.export import reference_model
 from mnv4.export import tflite as tflite_export
 from mnv4.export.tflite import _op_names, _unpack
-from mnv4.model.task import MAX_TOP1_LOSS_POINTS, digits, predict, top1, trained_fixture
+from mnv4.model.task import digits, predict, trained_fixture
 from mnv4.runtimes.litert import LiteRTRunner
 
 CALIBRATION_IMAGES = 64

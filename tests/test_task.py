@@ -7,19 +7,11 @@ import numpy as np
 import pytest
 from test_cli import run_cli
 
+from mnv4.artifact.parity import MAX_TOP1_LOSS_POINTS, task_record
+from mnv4.artifact.reference import TaskReference
 from mnv4.data import Preprocessing
 from mnv4.model.factory import create_model
-from mnv4.model.task import (
-    CLASSES,
-    MAX_TOP1_LOSS_POINTS,
-    Recipe,
-    digits,
-    held_out_accuracy,
-    predict,
-    task_of,
-    task_record,
-    trained_fixture,
-)
+from mnv4.model.task import CLASSES, TASK, Recipe, digits, held_out_accuracy, predict, task_of, trained_fixture
 
 VARIANTS = ("conv_small", "hybrid_medium")
 
@@ -67,7 +59,7 @@ def test_an_artifact_that_loses_accuracy_fails_with_the_numbers(fixtures):
     _, held_out = digits(preprocessing)
     guessing = np.zeros((len(held_out.labels), CLASSES), np.float32)
     guessing[:, 0] = 1  # "0" for every digit: right on a tenth of them
-    record = task_record(guessing, predict(model, held_out.images), held_out)
+    record = task_record(guessing, TaskReference(TASK, held_out.images, held_out.labels, predict(model, held_out.images)))
     assert record["passed"] is False and record["top1_loss_points"] > 50
     assert "points lost > 1" in record["failure"] and "PyTorch float32's" in record["failure"]
 

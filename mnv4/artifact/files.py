@@ -115,15 +115,25 @@ def manifest_path(artifact: str | Path) -> Path:
     return artifact.with_name(artifact.name + ".json")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomically(document: object, path: str | Path, default=None) -> Path:
-    """Write JSON beside the target and rename it over the target, so a reader never sees half a file."""
+    return write_atomically((json.dumps(document, indent=2, default=default) + "\n").encode(), path)
+
+
+def write_atomically(data: bytes, path: str | Path) -> Path:
+    """Write beside the target and rename it over the target, so a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            json.dump(document, file, indent=2, default=default)
-            file.write("\n")
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would keep the file from whoever it is copied for
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)

@@ -36,6 +36,8 @@ class Manifest:
     export_seconds: float
     labels: list[str] | None = None  # class names (`--labels`); None: ImageNet's for 1000 classes
     calibration: dict | None = None  # int8: the calibration images' source, count and names
+    model: dict | None = None  # params, and MACs per image at this resolution
+    reference: dict | None = None  # the stored reference beside it (file, sha256, inputs); None: not verified
     facts: dict = field(default_factory=dict)  # the exporter's record of the artifact's interface
     parity: dict = field(default_factory=dict)
     schema: int = SCHEMA

@@ -1,14 +1,18 @@
 """Parity of an artifact's logits with the PyTorch reference: the metrics and the pass/fail rule.
 
-Knows nothing of formats or runtimes: it sees two runners (reference and candidate) through the Runner interface."""
+Knows nothing of formats or runtimes: it sees the candidate through the Runner interface and the PyTorch model
+through its stored numbers (`reference.Reference`), so that it needs no PyTorch."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ..cpu import summary as cpu_summary
 from ..data import Preprocessing, photo_batch
+from ..errors import MNV4Error
+from .reference import Reference, TaskReference
 
 # fp32 artifacts differ from PyTorch only by kernel rounding. "fp16" artifacts store fp16 weights but
 # compute in float32 (ONNX, TFLite), so only the weights' rounding shows. "fp16-arithmetic" artifacts also
@@ -34,8 +38,9 @@ THRESHOLDS = {
 
 
 def tolerance_for(precision: str, compute_dtype: str | None) -> str:
-    """Which thresholds apply: by precision, and for fp16 by whether the arithmetic is float16 too."""
-    return "fp16-arithmetic" if precision == "fp16" and compute_dtype == "float16" else precision
+    """Which thresholds apply: by precision, and for a float artifact by whether the arithmetic is float16 (an
+    fp16 program's own, or XNNPACK's forced float16 on an fp32 one: `mnv4 verify --xnnpack-fp16`)."""
+    return "fp16-arithmetic" if precision in ("fp32", "fp16") and compute_dtype == "float16" else precision
 # The truth is the model evaluated in float64. PyTorch float32 is itself an approximation of it, and on an
 # ill-conditioned input (random pixels through a hybrid's attention, a checkpoint with large activations) it
 # can be 1e-2 or more away. So an artifact passes an input where its error against float64 is within the
@@ -47,6 +52,7 @@ RANDOM_INPUTS = 2
 # On mnv4's trained fixture a reduced-precision artifact may cost at most this much held-out top-1 accuracy
 # against PyTorch float32, by default (`--max-accuracy-loss`).
 MAX_TOP1_LOSS_POINTS = 1.0
+TASK_BATCH = 64  # held-out images per call
 # A dynamic-batch artifact is verified at two batches: one image, and several at once.
 DYNAMIC_VERIFY_BATCHES = (1, 4)
 
@@ -159,19 +165,18 @@ def run_batched(runner, inputs: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([runner(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
 
 
-def verify(reference, candidate, preprocessing: Preprocessing, tolerance: str, batch_sizes: tuple[int, ...],
-           truth) -> dict:
-    """Run both runners on photos + random inputs at each batch size and judge the candidate against the
-    float64 `truth` (a runner of the model in float64: the same float32 inputs, exactly, to float64 logits),
-    given PyTorch float32's own error.
+def judge(reference: Reference, candidate, tolerance: str, batch_sizes: tuple[int, ...],
+          max_loss_points: float = MAX_TOP1_LOSS_POINTS) -> dict:
+    """Run the candidate on the reference's inputs at each batch size and judge it against the float64 truth,
+    given PyTorch float32's own error; for a trained model, also its held-out accuracy against PyTorch float32's,
+    of which it may lose at most `max_loss_points`.
     The record keeps both views: against PyTorch float32 ("all", "photos", "worst") and against float64."""
-    inputs = verification_inputs(preprocessing)
-    photo_count = len(inputs) - RANDOM_INPUTS
-    expected = run_batched(reference, inputs, max(batch_sizes))
-    exact = truth(inputs)
+    inputs, photo_count = reference.inputs, reference.photos
+    expected, exact = reference.pytorch_fp32, reference.float64
     results, verdicts = {}, []
     for batch in batch_sizes:
         actual = run_batched(candidate, inputs, batch)
+        check_classes(expected, actual)
         overall = compare(expected, actual)
         against_truth = truth_record(exact, expected, actual)
         results[f"batch_{batch}"] = {"all": overall.as_dict(),
@@ -181,11 +186,69 @@ def verify(reference, candidate, preprocessing: Preprocessing, tolerance: str, b
         verdicts.append((bool(failures), against_truth["artifact"]["rel_err"], failures, overall, against_truth))
     # The batch that decides: a failing one before a passing one, then the larger error against float64.
     _, _, failures, worst, worst_truth = max(verdicts, key=lambda v: (v[0], np.nan_to_num(v[1], nan=np.inf)))
-    return {"passed": not failures, "failures": failures, "tolerance": tolerance, "thresholds": THRESHOLDS[tolerance],
-            "cpu": cpu_summary(),  # reduced precision's numbers depend on it (int8 dot products, native float16)
-            "truth": {"reference": "PyTorch float64", "factor": TRUTH_FACTOR},
-            "inputs": {"photos": photo_count, "random": RANDOM_INPUTS}, "worst": worst.as_dict(),
-            "worst_float64": worst_truth, **results}
+    record = {"passed": not failures, "failures": failures, "tolerance": tolerance,
+              "thresholds": THRESHOLDS[tolerance],
+              "cpu": cpu_summary(),  # reduced precision's numbers depend on it (int8 dot products, native float16)
+              "truth": {"reference": "PyTorch float64", "factor": TRUTH_FACTOR},
+              "inputs": {"photos": photo_count, "random": len(inputs) - photo_count}, "worst": worst.as_dict(),
+              "worst_float64": worst_truth, **results}
+    task = task_verdict(reference, lambda: run_batched(candidate, reference.task.images, TASK_BATCH), max_loss_points)
+    if task:
+        record["task"] = task
+        if task.get("passed") is False:
+            record["passed"] = False
+            record["failures"].append(task["failure"])
+    return record
+
+
+def row_parity(reference: Reference, logits: np.ndarray, tolerance: str, task_logits: np.ndarray | None,
+               max_loss_points: float = MAX_TOP1_LOSS_POINTS) -> dict:
+    """A benchmark row's parity: its `logits` on the reference's inputs (and `task_logits` on its held-out
+    images) judged by the rule of `judge`, in the row's compact record."""
+    check_classes(reference.pytorch_fp32, logits)
+    failures = truth_breaches(reference.float64, reference.pytorch_fp32, logits, tolerance, reference.photos)
+    parity = {**compare(reference.pytorch_fp32, logits).as_dict(), "tolerance": tolerance,
+              "float64": truth_record(reference.float64, reference.pytorch_fp32, logits)}
+    task = task_verdict(reference, lambda: task_logits, max_loss_points)
+    if task:
+        parity["task"] = task
+        failures += [task["failure"]] if task.get("passed") is False else []
+    return {**parity, "passed": not failures, "failures": failures}
+
+
+def check_classes(expected: np.ndarray, actual: np.ndarray) -> None:
+    """An artifact of another number of classes than its reference's is not the artifact of that reference."""
+    if actual.shape != expected.shape:
+        raise MNV4Error(f"the artifact gives {actual.shape[-1]} logits per image where its reference has "
+                        f"{expected.shape[-1]}: it is not the artifact this manifest and reference describe")
+
+
+def task_verdict(reference: Reference, task_logits: Callable[[], np.ndarray], max_loss_points: float) -> dict | None:
+    """The task record of a reference's model: why its accuracy is not measured, or the candidate's held-out
+    top-1 (from `task_logits()`) against PyTorch float32's; None for a model with no task."""
+    if reference.task_not_measured:
+        return reference.task_not_measured
+    return task_record(task_logits(), reference.task, max_loss_points) if reference.task else None
+
+
+def task_record(logits: np.ndarray, task: TaskReference, max_loss_points: float = MAX_TOP1_LOSS_POINTS) -> dict:
+    """Held-out top-1 of a candidate's `logits` and of PyTorch float32's on the task, their top-1 agreement,
+    and whether the candidate lost more than `max_loss_points` of accuracy."""
+    accuracy, reference_accuracy = top1(logits, task.labels), top1(task.pytorch_fp32, task.labels)
+    loss = (reference_accuracy - accuracy) * 100
+    record = {"task": task.name, "held_out": len(task.labels), "resolution": task.images.shape[-1],
+              "top1": {"artifact": accuracy, "pytorch_fp32": reference_accuracy},
+              "top1_agreement_with_fp32": float((logits.argmax(1) == task.pytorch_fp32.argmax(1)).mean()),
+              "top1_loss_points": round(loss, 2), "max_top1_loss_points": max_loss_points,
+              "passed": bool(loss <= max_loss_points)}
+    if not record["passed"]:
+        record["failure"] = (f"held-out top-1 on the {task.name} {accuracy:.1%} against PyTorch float32's "
+                             f"{reference_accuracy:.1%}: {loss:.1f} points lost > {max_loss_points:g}")
+    return record
+
+
+def top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
 def truth_record(exact: np.ndarray, reference: np.ndarray, candidate: np.ndarray) -> dict:

@@ -9,6 +9,7 @@ import time
 from importlib import metadata
 
 from ..cpu import ISA_FLAGS, cpuinfo
+from ..extras import torch_installed
 
 LIBRARIES = ("mnv4", "torch", "numpy", "onnx", "onnxruntime", "onnxscript", "litert-torch", "ai-edge-litert",
              "executorch", "coremltools", "timm")
@@ -22,6 +23,8 @@ def _memory_gb() -> float | None:
 
 
 def _gpu() -> str | None:
+    if not torch_installed():  # a runtime-only install (mnv4[runtime]) benches CPU artifacts
+        return None
     import torch
 
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -73,5 +76,5 @@ def machine_info(measure_peak: bool = True) -> dict:
         "isa": [flag for flag in ISA_FLAGS if flag in cpu["flags"]],
         "memory_gb": _memory_gb(),
         "gpu": gpu,
-        "fma_peak_gflops_per_thread": fma_peak_gflops_per_thread() if measure_peak else None,
+        "fma_peak_gflops_per_thread": fma_peak_gflops_per_thread() if measure_peak and torch_installed() else None,
     }

@@ -76,9 +76,15 @@ def check_options(options: BenchOptions) -> None:
             raise MNV4Error(f"unknown {name} {', '.join(unknown) or '(none)'}; choose from: {', '.join(allowed)}")
     if options.device not in ("cpu", "cuda"):
         raise MNV4Error(f"unknown device {options.device!r}; choose cpu or cuda")
-    for name, values in (("--threads", options.threads), ("--batch", options.batches or (1,))):
-        if not values or min(values) < 1:
-            raise MNV4Error(f"{name} takes positive integers, got {','.join(map(str, values)) or '(none)'}")
+    if options.batches and min(options.batches) < 1:
+        raise MNV4Error(f"--batch takes positive integers, got {','.join(map(str, options.batches))}")
+    check_timing(options)
+
+
+def check_timing(options) -> None:
+    """The options of how each row is timed (threads, warm-up, repeats, iterations), of either kind of bench."""
+    if not options.threads or min(options.threads) < 1:
+        raise MNV4Error(f"--threads takes positive integers, got {','.join(map(str, options.threads)) or '(none)'}")
     if options.iterations is not None and options.iterations < 1:
         raise MNV4Error(f"--iterations must be at least 1, got {options.iterations}")
     if options.repeats < 1:

@@ -23,10 +23,8 @@ import numpy as np
 
 from ..artifact.files import artifact_bytes, remove_artifact
 from ..artifact.formats import FORMATS, TORCH
-from ..artifact.parity import RANDOM_INPUTS, compare, truth_breaches, truth_record, verification_inputs
+from ..artifact.parity import row_parity
 from ..errors import MissingExtraError, one_line
-from ..export import ExportRequest, export
-from ..model.task import held_out_for, predict, task_record
 from .latency import summarise
 from .plan import CUDA_BATCHES, BenchOptions, Row, check_options, plan
 from .worker import timed_batch
@@ -48,9 +46,8 @@ class Bench:
         self.work.mkdir(parents=True, exist_ok=True)
 
     def run(self) -> dict:
-        from ..export import reference_model
+        from ..export.verify import model_reference, reference_model
         from ..model.profile import profile
-        from ..runtimes.torch import TorchRunner
         from .machine import machine_info, versions
 
         options = self.options
@@ -61,15 +58,12 @@ class Bench:
         self.model, self.preprocessing = model, preprocessing
         self.weights_path = self._save_weights(model)
         self.inputs_path = self.work / "inputs.npy"
-        self.inputs = verification_inputs(preprocessing)
+        # For a model trained on mnv4's task (the fixture), every row's held-out accuracy too.
+        self.reference = model_reference(model, preprocessing)
+        self.inputs = self.reference.inputs
         np.save(self.inputs_path, self.inputs)
-        self.reference_logits = TorchRunner(model)(self.inputs)
-        self.truth_logits = TorchRunner(model, mode="float64")(self.inputs)
-        # A model trained on mnv4's task (the fixture): every row's held-out accuracy too.
-        self.held_out, self.task_not_measured = held_out_for(options.weights, preprocessing)
-        if self.held_out is not None:
-            np.save(self.work / "task_inputs.npy", self.held_out.images)
-            self.held_out_reference = predict(model, self.held_out.images)
+        if self.reference.task is not None:
+            np.save(self.work / "task_inputs.npy", self.reference.task.images)
         self.progress("measuring the machine's fp32 FMA peak", 0, len(rows))
         machine = machine_info()
         self.cuda_available = machine["gpu"] is not None
@@ -148,6 +142,8 @@ class Bench:
             return path, export_peer(row.format, self.peer_model, example, path), "fp32"
         # Parity is measured by the benchmark itself, in the worker, on the same inputs as every other row.
         # The checkpoint given, when there is one: an int8 export of the trained fixture calibrates on its task.
+        from ..export import ExportRequest, export
+
         weights = Path(self.options.weights) if self.options.weights else self.weights_path
         manifest = export(row.format, ExportRequest(variant=self.options.variant, weights=weights,
                                                     resolution=self.preprocessing.resolution,
@@ -186,20 +182,8 @@ class Bench:
         is_reference = row.source == "mnv4" and row.format == TORCH and row.mode == "eager" \
             and row.device == "cpu" and row.precision == "fp32"
         if not is_reference:
-            parity = compare(self.reference_logits, logits)
-            failures = truth_breaches(self.truth_logits, self.reference_logits, logits, row.tolerance,
-                                      photos=len(self.inputs) - RANDOM_INPUTS)
-            row.parity = {**parity.as_dict(), "tolerance": row.tolerance,
-                          "float64": truth_record(self.truth_logits, self.reference_logits, logits)}
-            if self.task_not_measured:
-                row.parity["task"] = self.task_not_measured
-            if self.held_out is not None:
-                task = task_record(np.load(self.work / "task_logits.npy"), self.held_out_reference, self.held_out)
-                row.parity["task"] = task
-                failures += [] if task["passed"] else [task["failure"]]
-            row.parity["passed"] = not failures
-            if failures:
-                row.status, row.reason = "parity-failed", "; ".join(failures)
+            task_logits = np.load(self.work / "task_logits.npy") if self.reference.task is not None else None
+            judge_row(row, self.reference, logits, task_logits)
         if not result["measures_latency"] and row.status == "ok":
             row.status, row.reason = "latency-not-measured", \
                 "latency: macOS only (parity from the Core ML program interpreter)"
@@ -236,32 +220,45 @@ class Bench:
             "num_classes": self.model.num_classes, "mode": row.mode, "device": row.device,
             "precision": row.precision, "threads": row.threads or 1, "batch": row.batch,
             "inputs": str(self.inputs_path), "logits": str(self.work / "logits.npy"),
-            "task_inputs": str(self.work / "task_inputs.npy") if self.held_out is not None else None,
+            "task_inputs": str(self.work / "task_inputs.npy") if self.reference.task is not None else None,
             "task_logits": str(self.work / "task_logits.npy"),
             "warmup": options.warmup, "iterations": options.iterations, "min_seconds": options.min_seconds,
         }
 
     def _spawn(self, job: dict, threads: int | None) -> dict:
-        """Run one job in a fresh `python -m mnv4.bench.worker` process; its result, or why it has none."""
-        with tempfile.TemporaryDirectory(dir=self.work) as folder:
-            job_path, result_path = Path(folder) / "job.json", Path(folder) / "result.json"
-            job_path.write_text(json.dumps(job))
-            # Each library's own thread pools follow the row's thread count, also the ones it never sets.
-            threads = str(threads or os.cpu_count())
-            env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-            try:
-                process = subprocess.run([sys.executable, "-m", "mnv4.bench.worker", str(job_path), str(result_path)],
-                                         capture_output=True, text=True, env=env, timeout=JOB_TIMEOUT_SECONDS,
-                                         check=False)
-            except subprocess.TimeoutExpired:
-                return {"status": "failed", "reason": f"timed out after {JOB_TIMEOUT_SECONDS} s"}
-            if not result_path.exists():
-                last = (process.stderr.strip().splitlines() or ["no output"])[-1]
-                return {"status": "failed", "reason": f"worker exited with code {process.returncode}: {last}"}
-            return json.loads(result_path.read_text())
+        return spawn_worker(job, threads, self.work)
 
 
-def finish_rows(rows: list[Row], macs: int, fma_peak_per_thread: float | None) -> list[dict]:
+def spawn_worker(job: dict, threads: int | None, work: Path) -> dict:
+    """Run one job in a fresh `python -m mnv4.bench.worker` process; its result, or why it has none."""
+    with tempfile.TemporaryDirectory(dir=work) as folder:
+        job_path, result_path = Path(folder) / "job.json", Path(folder) / "result.json"
+        job_path.write_text(json.dumps(job))
+        # Each library's own thread pools follow the row's thread count, also the ones it never sets.
+        threads = str(threads or os.cpu_count())
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        try:
+            process = subprocess.run([sys.executable, "-m", "mnv4.bench.worker", str(job_path), str(result_path)],
+                                     capture_output=True, text=True, env=env, timeout=JOB_TIMEOUT_SECONDS,
+                                     check=False)
+        except subprocess.TimeoutExpired:
+            return {"status": "failed", "reason": f"timed out after {JOB_TIMEOUT_SECONDS} s"}
+        if not result_path.exists():
+            last = (process.stderr.strip().splitlines() or ["no output"])[-1]
+            return {"status": "failed", "reason": f"worker exited with code {process.returncode}: {last}"}
+        return json.loads(result_path.read_text())
+
+
+def judge_row(row: Row, reference, logits: np.ndarray, task_logits: np.ndarray | None) -> None:
+    """The row's parity with the reference, and its status when that fails."""
+    parity = row_parity(reference, logits, row.tolerance, task_logits)
+    failures = parity.pop("failures")
+    row.parity = parity
+    if failures:
+        row.status, row.reason = "parity-failed", "; ".join(failures)
+
+
+def finish_rows(rows: list[Row], macs: int | None, fma_peak_per_thread: float | None) -> list[dict]:
     """Rows as results.json has them: latency over the timed calls of all the row's processes, load and
     first inference as their medians, the largest peak memory, throughput, GFLOP/s, fraction of peak and
     the ours/timm ratio."""
@@ -273,7 +270,7 @@ def finish_rows(rows: list[Row], macs: int, fma_peak_per_thread: float | None) -
     for row in rows:
         latency = latencies[id(row)]
         median_s = latency["median"] / 1e3 if latency else None
-        gflops = 2 * macs * row.batch / median_s / 1e9 if median_s else None
+        gflops = 2 * macs * row.batch / median_s / 1e9 if median_s and macs else None
         peer = timm_rows.get(row.key()) if row.source == "mnv4" else None
         fp32_median = fp32_medians.get(_same_but_precision(row)) if row.precision != "fp32" else None
         finished.append({
@@ -289,6 +286,7 @@ def finish_rows(rows: list[Row], macs: int, fma_peak_per_thread: float | None) -
             if gflops and fma_peak_per_thread and row.device == "cpu" else None,
             "ratio_vs_timm": _ratio_vs_timm(row, peer) if peer and latency and latencies[id(peer)] else None,
             "speedup_vs_fp32": fp32_median / latency["median"] if fp32_median and latency else None,
+            "execution": row.runs[0]["execution"] if row.runs else None,
         })
     return finished
 

@@ -45,7 +45,7 @@ def cpu_runner(job: dict):
     if job["runner"] == "artifact":
         from ..runtimes import load
 
-        return load(job["path"], threads=job["threads"])
+        return load(job["path"], threads=job["threads"], **job.get("runner_options", {}))
     from ..runtimes.torch import TorchRunner
 
     return TorchRunner(torch_model(job), threads=job["threads"], mode=job["mode"])
@@ -163,10 +163,12 @@ def measure(job: dict) -> dict:
     started = time.perf_counter()
     if job["device"] == "cuda":
         call, logits_of = cuda_call(job, batch)
-        measures_latency = True
+        measures_latency, compute_dtype, execution = True, None, {"device": "cuda"}
     else:
         runner = cpu_runner(job)
         measures_latency = runner.measures_latency
+        compute_dtype = getattr(runner, "compute_dtype", None)  # where the runner chose it (XNNPACK's forced float16)
+        execution = runner.execution()  # which delegate or execution providers really ran it
 
         def call():
             return runner(batch)
@@ -183,7 +185,8 @@ def measure(job: dict) -> dict:
         np.save(job["task_logits"], run_in_artifact_batches(np.load(job["task_inputs"]), "NCHW", np.float32,
                                                             job["batch"], logits_of))
     return {"load_ms": load_ms, "first_inference_ms": first_inference_ms, "times_ms": times,
-            "peak_rss_mb": round(peak_rss_mb(), 1), "measures_latency": measures_latency}
+            "peak_rss_mb": round(peak_rss_mb(), 1), "measures_latency": measures_latency, "compute_dtype": compute_dtype,
+            "execution": execution}
 
 
 def main(job_path: str, result_path: str) -> None:

@@ -29,12 +29,13 @@ from ..artifact.files import (
 from ..artifact.formats import CALIBRATED, FORMATS, PRECISIONS, get_format
 from ..artifact.manifest import DYNAMIC, Manifest, manifest_path
 from ..artifact.parity import DYNAMIC_VERIFY_BATCHES, MAX_TOP1_LOSS_POINTS, tolerance_for
+from ..artifact.reference import reference_path
 from ..calibration import DEFAULT_COUNT, MAX_COUNT, Calibration, builtin_calibration, chosen, directory_calibration, image_files
 from ..errors import MNV4Error, one_line
 from ..model.specs import get_spec
 from ..model.task import task_of
 from .program import MAX_DYNAMIC_BATCH
-from .verify import reference_model, verify_artifact
+from .verify import model_reference, reference_model, verify_artifact
 
 MIN_RESOLUTION, MAX_RESOLUTION = 32, 1024  # beyond 1024 px an export needs more memory than a laptop has
 MAX_BATCH = MAX_DYNAMIC_BATCH
@@ -125,6 +126,7 @@ def check_request(fmt: str, request: ExportRequest) -> None:
         chosen(image_files(request.calibration), request.calibration_count, str(request.calibration))
 
 
+@functools.lru_cache(maxsize=2)  # `--format all` exports one request four times: its calibration is read once
 def calibration_for(request: ExportRequest, preprocessing) -> Calibration:
     """The images an int8 export calibrates on: `--calibration DIR`; for mnv4's trained fixture, its own task's
     training images (the held-out ones judge it); else the built-in photos."""
@@ -174,20 +176,23 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
                                     **{option: getattr(request, option) for option in _TOOLCHAIN_OPTIONS
                                        if getattr(request, option) is not None})
         export_seconds = time.perf_counter() - started
-        verification = {"passed": None, "status": "skipped (--no-verify)"}
+        verification, reference = {"passed": None, "status": "skipped (--no-verify)"}, None
         if request.verify:
             step(f"verifying {fmt} in its runtime on photos")
             batches = DYNAMIC_VERIFY_BATCHES if request.dynamic_batch else (request.batch,)
             tolerance = tolerance_for(request.precision, facts.get("compute_dtype"))
-            verification = verify_artifact(partial, model, preprocessing, tolerance, batches, request.threads,
+            reference = model_reference(model, preprocessing, request.threads, max(batches))
+            verification = verify_artifact(partial, reference, tolerance, batches, request.threads,
                                            _image_input_runner(preprocessing) if request.image_input else None,
                                            max_loss_points=request.max_accuracy_loss)
+            reference.write(partial)
         manifest = Manifest(
             format=fmt, artifact=output.name, sha256=sha256(partial), bytes=artifact_bytes(partial),
             variant=request.variant, resolution=preprocessing.resolution,
             batch=DYNAMIC if request.dynamic_batch else request.batch, precision=request.precision,
             num_classes=model.num_classes, labels=labels,
             calibration=calibration.record() if calibration else None,
+            reference=reference.record(output, partial) if reference else None, model=_size(model, preprocessing),
             preprocessing={"crop_pct": preprocessing.crop_pct, "interpolation": preprocessing.interpolation,
                            "mean": list(preprocessing.mean), "std": list(preprocessing.std)},
             weights=weights, versions={"mnv4": _version(), "torch": torch.__version__, **facts.pop("toolchain", {})},
@@ -197,7 +202,10 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
                                      + "; ".join(verification["failures"]))
         partial_manifest = manifest.write(partial)
         remove_artifact(manifest_path(output))
+        remove_artifact(reference_path(output))
         publish(partial, output)
+        if reference:
+            publish(reference_path(partial), reference_path(output))
         publish(partial_manifest, manifest_path(output))
         return manifest
     except OSError as error:
@@ -208,8 +216,8 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
             raise MNV4Error(f"cannot write {output}: no space left on {output.parent}") from None
         raise
     finally:
-        remove_artifact(partial)
-        remove_artifact(manifest_path(partial))
+        for leftover in (partial, manifest_path(partial), reference_path(partial)):
+            remove_artifact(leftover)
 
 
 def _image_input_runner(preprocessing):
@@ -219,6 +227,14 @@ def _image_input_runner(preprocessing):
     from ..runtimes.coreml import CoreMLProgramRunner
 
     return functools.partial(CoreMLProgramRunner, mean=preprocessing.mean, std=preprocessing.std)
+
+
+def _size(model, preprocessing) -> dict:
+    """What the bench needs to turn a latency into GFLOP/s where PyTorch is not installed."""
+    from ..model.profile import profile
+
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "macs": profile(model, (3, preprocessing.resolution, preprocessing.resolution)).macs}
 
 
 def _version() -> str:

@@ -1,24 +1,28 @@
-"""The one verification path: the PyTorch reference an artifact must reproduce, and the artifact's parity
-with it in the artifact's own runtime. `export` verifies a fresh artifact with the model in memory;
-`mnv4 verify` and the bench rebuild the reference from the manifest (`verify_manifest`)."""
+"""The one verification path: the reference an artifact must reproduce, and the artifact's parity with it in
+the artifact's own runtime (`artifact.parity.judge`). `export` computes the reference with the model in memory and
+stores it beside the artifact; `mnv4 verify` judges by that stored reference, or rebuilds it from the model the
+manifest names (`verify_manifest`). PyTorch is imported only to build a reference, so a runtime-only install
+(`mnv4[runtime]`) verifies with the stored one."""
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from ..artifact.files import sha256
 from ..artifact.manifest import Manifest
-from ..artifact.parity import MAX_TOP1_LOSS_POINTS, RANDOM_INPUTS, verification_inputs, verify
-from ..errors import MNV4Error, PlatformUnsupportedError
-from ..model.task import held_out_for, predict, task_record
+from ..artifact.parity import MAX_TOP1_LOSS_POINTS, RANDOM_INPUTS, judge, run_batched, tolerance_for, verification_inputs
+from ..artifact.reference import Reference, TaskReference, read_reference
+from ..errors import MissingExtraError, MNV4Error, PlatformUnsupportedError
+from ..extras import torch_installed
 from ..runtimes import load
-from ..runtimes.torch import TorchRunner
+
+REFERENCE_SOURCES = ("auto", "stored", "model")
 
 
 def reference_model(variant: str, weights: Path | None, resolution: int | None, seed: int = 0):
     """The PyTorch model an artifact must reproduce, its preprocessing, and how its weights were obtained."""
+    import torch
+
     from ..model.factory import create_model
     from ..model.weights import seeded_calibrated_weights
 
@@ -35,34 +39,29 @@ def reference_model(variant: str, weights: Path | None, resolution: int | None, 
     return model, preprocessing, facts
 
 
-def verify_artifact(artifact: Path, model, preprocessing, tolerance: str, batch_sizes, threads: int,
+def model_reference(model, preprocessing, threads: int = 1, batch: int | None = None) -> Reference:
+    """The reference computed by `model`: PyTorch float32 (`batch` inputs at a time; default all at once) and
+    float64 on the verification inputs and, for a model trained on mnv4's task (the fixture), PyTorch float32 on
+    its held-out images."""
+    from ..model.task import TASK, held_out_for, predict
+    from ..runtimes.torch import TorchRunner
+
+    inputs = verification_inputs(preprocessing)
+    runner = TorchRunner(model, threads=threads)
+    held_out, not_measured = held_out_for(getattr(model, "checkpoint", None), preprocessing)
+    task = TaskReference(TASK, held_out.images, held_out.labels, predict(runner, held_out.images)) if held_out else None
+    return Reference(inputs, len(inputs) - RANDOM_INPUTS, run_batched(runner, inputs, batch or len(inputs)),
+                     TorchRunner(model, threads=threads, mode="float64")(inputs), task, not_measured)
+
+
+def verify_artifact(artifact: Path, reference: Reference, tolerance: str, batch_sizes, threads: int,
                     runner_factory: Callable | None = None, max_loss_points: float = MAX_TOP1_LOSS_POINTS) -> dict:
     """Parity of `artifact`, run by `runner_factory` (default: the runner `mnv4.runtimes` picks for it)."""
     try:
         candidate = load(artifact, threads=threads, runner=runner_factory)
     except PlatformUnsupportedError as error:
         return not_executed(error)
-    return verify_against(model, candidate, preprocessing, tolerance, tuple(batch_sizes), threads, max_loss_points)
-
-
-def verify_against(model, candidate, preprocessing, tolerance: str, batch_sizes: tuple[int, ...], threads: int,
-                   max_loss_points: float = MAX_TOP1_LOSS_POINTS) -> dict:
-    """Parity of a loaded candidate with `model` in float32 and the truth, `model` in float64; for a model
-    trained on mnv4's task (the fixture), also its held-out accuracy against PyTorch float32's, of which it may
-    lose at most `max_loss_points`."""
-    parity = verify(TorchRunner(model, threads=threads), candidate, preprocessing, tolerance, batch_sizes,
-                    truth=TorchRunner(model, threads=threads, mode="float64"))
-    held_out, not_measured = held_out_for(getattr(model, "checkpoint", None), preprocessing)
-    if not_measured:
-        parity["task"] = not_measured
-    elif held_out:
-        parity["task"] = task_record(predict(candidate, held_out.images),
-                                     predict(TorchRunner(model, threads=threads), held_out.images), held_out,
-                                     max_loss_points)
-        if not parity["task"]["passed"]:
-            parity["passed"] = False
-            parity["failures"].append(parity["task"]["failure"])
-    return parity
+    return judge(reference, candidate, tolerance, tuple(batch_sizes), max_loss_points)
 
 
 def not_executed(error: PlatformUnsupportedError) -> dict:
@@ -88,16 +87,32 @@ def manifest_reference(artifact: Path, manifest: Manifest, weights: Path | None 
 
 
 def verify_manifest(artifact: Path, manifest: Manifest, weights: Path | None = None, threads: int = 1,
-                    max_loss_points: float | None = None) -> dict:
-    """Parity of an exported artifact against the reference its manifest names, at the batches it was
-    verified at on export and with the limits of its precision; the fixture's accuracy bound is
+                    max_loss_points: float | None = None, reference: str = "auto", **runner_options) -> dict:
+    """Parity of an exported artifact at the batches it was verified at on export and with the limits of its
+    precision (float16 ones where its runner computes in float16), against its `reference`: "stored" (beside
+    the manifest), "model" (rebuilt from the model the manifest names, or from `weights`), or "auto" (the
+    stored one where there is one and no `weights` were given). The fixture's accuracy bound is
     `max_loss_points`, else the one it was exported with."""
+    if reference not in REFERENCE_SOURCES:
+        raise MNV4Error(f"--reference must be one of {', '.join(REFERENCE_SOURCES)}, not {reference!r}")
+    if reference == "stored" and weights is not None:
+        raise MNV4Error("--weights rebuilds the reference from the model: it goes with --reference model (or auto)")
     try:
-        candidate = load(artifact, threads=threads)  # first: a damaged file is refused before the reference is built
+        candidate = load(artifact, threads=threads, **runner_options)  # first: a damaged file is refused early
     except PlatformUnsupportedError as error:
         return not_executed(error)
-    model, preprocessing = manifest_reference(artifact, manifest, weights)
+    if reference == "auto":
+        reference = "model" if weights is not None or (manifest.reference is None and torch_installed()) else "stored"
+    if reference == "stored":
+        expected = read_reference(artifact, manifest.reference)
+    elif not torch_installed():
+        raise MissingExtraError("PyTorch (to rebuild the reference from the model)", "torch")
+    else:
+        model, preprocessing = manifest_reference(artifact, manifest, weights)
+        expected = model_reference(model, preprocessing, threads, max(manifest.verify_batches))
     if max_loss_points is None:
         max_loss_points = manifest.parity.get("task", {}).get("max_top1_loss_points", MAX_TOP1_LOSS_POINTS)
-    return verify_against(model, candidate, preprocessing, manifest.tolerance, tuple(manifest.verify_batches), threads,
-                          max_loss_points)
+    tolerance = tolerance_for(manifest.precision, getattr(candidate, "compute_dtype", None) or manifest.compute_dtype)
+    parity = judge(expected, candidate, tolerance, tuple(manifest.verify_batches), max_loss_points)
+    return {**parity, "reference_source": "stored beside the manifest" if reference == "stored" else "rebuilt from the model",
+            "execution": candidate.execution()}

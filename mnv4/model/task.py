@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..artifact.parity import MAX_TOP1_LOSS_POINTS
+from ..artifact.parity import top1
+from ..cache import cache_root
 from ..data import Preprocessing
 
 TASK = "digits"
@@ -73,7 +73,7 @@ def digits(preprocessing: Preprocessing) -> tuple[Split, Split]:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MNV4_CACHE", Path.home() / ".cache" / "mnv4")) / "fixtures"
+    return cache_root() / "fixtures"
 
 
 def trained_fixture(variant: str, recipe: Recipe | None = None, progress=lambda message: None) -> Path:
@@ -139,27 +139,6 @@ def predict(runner, images: np.ndarray, batch: int = 64) -> np.ndarray:
                 return model(torch.from_numpy(chunk)).numpy()
 
     return run_batched(runner, images, batch)
-
-
-def top1(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.argmax(logits, axis=1) == labels))
-
-
-def task_record(logits: np.ndarray, reference: np.ndarray, held_out: Split,
-                max_loss_points: float = MAX_TOP1_LOSS_POINTS) -> dict:
-    """Held-out top-1 of an artifact's `logits` and of PyTorch float32's (`reference`) on the digits, their
-    top-1 agreement, and whether the artifact lost more than `max_loss_points` of accuracy."""
-    accuracy, reference_accuracy = top1(logits, held_out.labels), top1(reference, held_out.labels)
-    loss = (reference_accuracy - accuracy) * 100
-    record = {"task": TASK, "held_out": len(held_out.labels), "resolution": held_out.images.shape[-1],
-              "top1": {"artifact": accuracy, "pytorch_fp32": reference_accuracy},
-              "top1_agreement_with_fp32": float((logits.argmax(1) == reference.argmax(1)).mean()),
-              "top1_loss_points": round(loss, 2), "max_top1_loss_points": max_loss_points,
-              "passed": bool(loss <= max_loss_points)}
-    if not record["passed"]:
-        record["failure"] = (f"held-out top-1 on the {TASK} {accuracy:.1%} against PyTorch float32's "
-                             f"{reference_accuracy:.1%}: {loss:.1f} points lost > {max_loss_points:g}")
-    return record
 
 
 def _metadata(checkpoint: str | Path | None) -> dict:

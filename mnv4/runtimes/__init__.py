@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,16 +16,22 @@ def runner_class(path: str | Path) -> type[Runner]:
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
-def load(path: str | Path, threads: int = 1, runner: Callable[..., Runner] | None = None) -> Runner:
+def load(path: str | Path, threads: int = 1, runner: Callable[..., Runner] | None = None, **options) -> Runner:
     """The runner for an artifact (.onnx, .tflite, .pte, .mlpackage), ready to call on NCHW float32;
-    `runner` replaces the one its format names. An artifact its runtime cannot load (truncated, empty, a
+    `runner` replaces the one its format names, and `options` are its keywords (`xnnpack_fp16` for LiteRT),
+    refused in one line by a runner without them. An artifact its runtime cannot load (truncated, empty, a
     directory, a broken package) is a DamagedArtifactError that says what the runtime said."""
     path = Path(path)
     if not path.exists():
         raise MNV4Error(f"artifact not found: {path}")
     factory = runner or runner_class(path)
+    accepted = inspect.signature(factory).parameters
+    for option in options:
+        if option not in accepted:
+            raise MNV4Error(f"--{option.replace('_', '-')} is not an option for {path.name} "
+                            f"({getattr(factory, 'runtime', None) or format_of(path).label})")
     try:
-        return factory(path, threads=threads)
+        return factory(path, threads=threads, **options)
     except MNV4Error:
         raise
     except Exception as error:  # the runtime's own complaint about the file, whatever its type

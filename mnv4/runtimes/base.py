@@ -23,6 +23,9 @@ class Runner(ABC):
     runtime: str = ""
     # False for a runner whose speed says nothing of the runtime's (an interpreter standing in for it).
     measures_latency: bool = True
+    # Set where the runtime was asked to compute in another precision than the artifact's own ("float16": LiteRT's
+    # xnnpack_fp16), which decides the parity limits (parity.tolerance_for); None: as the manifest records.
+    compute_dtype: str | None = None
 
     def __init__(self, path: str | Path, threads: int = 1):
         self.path = Path(path)
@@ -34,6 +37,12 @@ class Runner(ABC):
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(np.ascontiguousarray(batch, dtype=np.float32))
+
+    def execution(self) -> dict:
+        """What the runtime did with the artifact, as far as it tells (its delegate and whether that took the
+        whole graph, its execution providers), for the records: numbers from another kernel than intended are
+        not the ones a report claims."""
+        return {}
 
 
 def artifact_layout(input_shape, layout: str | None) -> str:

@@ -8,9 +8,21 @@ import numpy as np
 from ..errors import MissingExtraError, MNV4Error
 from .base import Runner, artifact_layout, run_in_artifact_batches
 
+# TFLITE_XNNPACK_DELEGATE_FLAG_FORCE_FP16 (tflite/delegates/xnnpack/xnnpack_delegate.h): every float32 operator
+# computes in float16, as XNNPACK does on phones when an app asks for it. LiteRT's CPU accelerator puts the flags
+# given in CpuOptions in place of the delegate's defaults, whose other bits are for quantized operators: an fp16
+# artifact has none.
+XNNPACK_FORCE_FP16 = 0x4
+
 
 class LiteRTRunner(Runner):
     """A .tflite artifact in the LiteRT interpreter, on CPU with its default XNNPACK delegate.
+
+    `xnnpack_fp16` runs it instead as a LiteRT CompiledModel whose XNNPACK computes every float operator in
+    float16 (the Interpreter cannot pass XNNPACK flags): the arithmetic of an fp16 artifact on a phone that
+    asks for it, which on a CPU with native float16 arithmetic (ARMv8.2 FP16, AVX512-FP16) is not float32's.
+    `compute_dtype` is then "float16". `fully_delegated` says whether XNNPACK ran every operator; where it
+    did not, TFLite's own kernels computed the rest, and the numbers are not XNNPACK's.
 
     An artifact with integer input and output (int8 for NPUs) still takes NCHW float32 and gives float32
     logits: the input is quantized with the input tensor's own scale and zero point (rounded, clipped to
@@ -18,12 +30,13 @@ class LiteRTRunner(Runner):
 
     runtime = "litert"
 
-    def __init__(self, path: str | Path, threads: int = 1, *, layout: str | None = None):
+    def __init__(self, path: str | Path, threads: int = 1, *, layout: str | None = None, xnnpack_fp16: bool = False):
         super().__init__(path, threads)
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
             raise MissingExtraError("LiteRT", "tflite") from None
+        # The interpreter reads the file's inputs and outputs either way; it computes only without xnnpack_fp16.
         self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
         (model_input,) = self.interpreter.get_input_details()
         model_output = self.interpreter.get_output_details()[0]
@@ -36,14 +49,26 @@ class LiteRTRunner(Runner):
         # shape_signature marks a dynamic axis with -1.
         batch = int(model_input["shape_signature"][0])
         self.artifact_batch = None if batch == -1 else batch
-        self.interpreter.allocate_tensors()
+        self._forced_fp16 = ForcedFp16Model(self.path, threads) if xnnpack_fp16 else None
+        if self._forced_fp16:
+            self.compute_dtype = "float16"
+            self.fully_delegated = self._forced_fp16.fully_delegated
+        else:
+            self.interpreter.allocate_tensors()  # where the interpreter hands the graph to XNNPACK
+            self.fully_delegated = whole_graph_delegated(self.interpreter)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         # An integer input is quantized in _infer, from float32 (the padding of a last batch included).
         dtype = np.float32 if self._quantize else self._input_dtype
         return run_in_artifact_batches(batch, self.layout, dtype, self.artifact_batch, self._infer)
 
+    def execution(self) -> dict:
+        return {"delegate": "XNNPACK", "fully_delegated": self.fully_delegated,
+                "xnnpack_fp16": self._forced_fp16 is not None}
+
     def _infer(self, batch: np.ndarray) -> np.ndarray:
+        if self._forced_fp16:
+            return self._forced_fp16.run(batch)
         if tuple(self.interpreter.get_input_details()[0]["shape"]) != batch.shape:
             # Only a dynamic-batch artifact gets here: fixed ones are always fed their own shape.
             self.interpreter.resize_tensor_input(self._input_index, batch.shape)
@@ -59,6 +84,52 @@ class LiteRTRunner(Runner):
             scale, zero_point = self._dequantize
             logits = (logits.astype(np.float32) - zero_point) * np.float32(scale)
         return logits
+
+
+class ForcedFp16Model:
+    """The artifact as a LiteRT CompiledModel on CPU, its XNNPACK forced to float16 arithmetic."""
+
+    def __init__(self, path: Path, threads: int):
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.options import CpuOptions, Options
+
+        options = Options(cpu_options=CpuOptions(num_threads=threads, xnnpack_flags=XNNPACK_FORCE_FP16))
+        self.model = CompiledModel.from_file(str(path), options=options)
+        # LiteRT's own answer: every operator went to an accelerator (here XNNPACK, LiteRT's CPU accelerator).
+        self.fully_delegated = self.model.is_fully_accelerated()
+        self._signature = self.model.get_signature_by_index(0)["key"]
+        self._allocate()
+
+    def _allocate(self) -> None:
+        """Buffers for the model's current input shape, and the shapes they hold."""
+        self._inputs, self._outputs = self.model.create_input_buffers(0), self.model.create_output_buffers(0)
+        (model_input,) = self.model.get_input_tensor_details(self._signature).values()
+        model_output = next(iter(self.model.get_output_tensor_details(self._signature).values()))
+        self._input_shape, self._output_shape = tuple(model_input["shape"]), tuple(model_output["shape"])
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if batch.shape != self._input_shape:  # only a dynamic-batch artifact gets here
+            self.model.resize_input_tensor(0, batch.shape)
+            self._allocate()
+        self._inputs[0].write(batch)
+        self.model.run_by_index(0, self._inputs, self._outputs)
+        return self._outputs[0].read(int(np.prod(self._output_shape)), np.float32).reshape(self._output_shape)
+
+
+def whole_graph_delegated(interpreter) -> bool:
+    """Whether XNNPACK, the interpreter's one delegate, took every operator. The interpreter appends one DELEGATE
+    node per part of the graph it handed over and keeps the nodes it replaced in the list (the private
+    `_get_ops_details` is the only view of them in the Python API), so the whole graph went to XNNPACK when one
+    DELEGATE node takes no tensor that another node computes and yields every output of the graph."""
+    operators = interpreter._get_ops_details()
+    delegates = [op for op in operators if op["op_name"] == "DELEGATE"]
+    if len(delegates) != 1:
+        return False
+    computed = {int(tensor) for op in operators if op["op_name"] != "DELEGATE" for tensor in op["outputs"]}
+    graph_outputs = {detail["index"] for detail in interpreter.get_output_details()}
+    (delegate,) = delegates
+    return computed.isdisjoint(int(tensor) for tensor in delegate["inputs"]) and \
+        graph_outputs <= {int(tensor) for tensor in delegate["outputs"]}
 
 
 def quantization_of(detail: dict) -> tuple[float, int] | None:

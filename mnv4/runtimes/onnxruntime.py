@@ -39,5 +39,8 @@ class OnnxRuntimeRunner(Runner):
     def run(self, batch: np.ndarray) -> np.ndarray:
         return run_in_artifact_batches(batch, self.layout, self._input_dtype, self.artifact_batch, self._infer)
 
+    def execution(self) -> dict:
+        return {"execution_providers": self.session.get_providers()}
+
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self._input_name: batch})[0]

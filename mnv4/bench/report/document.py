@@ -188,8 +188,9 @@ def _model_section(model: dict, rows: list[dict], several_machines: bool) -> lis
                 for machine in dict.fromkeys(row["machine"] for row in timed)}
     verified = [row for row in rows if row["parity"] is not None or row["artifact_bytes"] is not None]
     not_ok = [row for row in rows if row["status"] != "ok"]
-    heading = (f"{model['variant']} at {model['resolution']} px: {model['params'] / 1e6:.2f} M parameters, "
-               f"{model['macs'] / 1e9:.3f} GMACs per image")
+    heading = f"{model['variant']} at {model['resolution']} px" + (
+        f": {model['params'] / 1e6:.2f} M parameters, {model['macs'] / 1e9:.3f} GMACs per image"
+        if model["macs"] else "")  # unknown for artifacts of an mnv4 that did not record them
     blocks = [("heading", 2, heading), ("heading", 3, "Latency")]
     if timed:
         blocks.append(("table", identity + LATENCY_COLUMNS, [_cells(row, several_machines, _latency_cells)
