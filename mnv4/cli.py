@@ -487,6 +487,37 @@ def coreml_compare(
         raise typer.Exit(EXIT_PARITY_FAILED)
 
 
+@app.command()
+def emulate(
+    architecture: str = typer.Argument(..., help="The architecture to emulate: arm64."),
+    artifacts: list[Path] | None = typer.Argument(
+        None, help="ONNX and TFLite artifacts, or folders of them, each with its manifest and stored reference."),
+    output_dir: Path = typer.Option(Path("emulate-results"), "--output-dir", "-o",
+                                    help="Where results.json, report.md, report.html and verify.json go."),
+    cpu: str = typer.Option("cortex-a76", "--cpu", help="The core qemu emulates (a /proc/cpuinfo of it ships with mnv4)."),
+    root: Path | None = typer.Option(
+        None, "--root", help="Where the emulated Debian root and its wheels are built once and kept "
+        "(default: $MNV4_CACHE/emulate, else ~/.cache/mnv4/emulate)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the output of the commands run in the root."),
+):
+    """Verify and bench ARTIFACTS on the ARM kernels of their runtimes, in an arm64 Debian root under qemu-user
+    (root only; needs qemu-user-static, debootstrap and binfmt-support). Exit code 1 when an artifact fails its
+    parity, XNNPACK did not run a TFLite graph, or an fp16 TFLite artifact did not compute in float16. Latency
+    there is not representative of any ARM CPU; the numerics are the ARM kernels' own."""
+    from .bench.emulate import emulate as run_emulation
+
+    emulation = run_emulation(architecture, artifacts or [], output_dir, cpu, root,
+                              progress=lambda message: typer.echo(message, err=True), verbose=verbose)
+    for run in emulation.runs:
+        typer.echo(run.summary(), err=True)
+    typer.echo(f"wrote {output_dir / 'results.json'}, report.md, report.html and verify.json: machine "
+               f"{emulation.machine['id']} ({emulation.machine['note']})", err=True)
+    problems = emulation.problems()
+    if problems:
+        typer.echo(f"error: {'; '.join(problems)}", err=True)
+        raise typer.Exit(EXIT_PARITY_FAILED)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command and return its exit code (see mnv4.errors): 0 ok, 1 parity failed, 2 bad input or a
     damaged file, 3 an internal error, 128 + N when stopped by signal N. Every failure is one `error:` line;

@@ -51,6 +51,7 @@ def document(results_list: list[dict]) -> list[tuple]:
     blocks = [
         ("heading", 1, title(results_list)),
         ("paragraph", f"{len(results_list)} results file(s) from {machines}."),
+        *_emulation_notes(results_list, labels),
         *_headline(rows_by_model),
         ("heading", 2, "How to read this report"),
         *[("paragraph", paragraph) for paragraph in HOW_TO_READ],
@@ -148,6 +149,16 @@ def _parity_verdict(rows: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Machines and runs
+
+
+def _emulation_notes(results_list: list[dict], labels: list[str]) -> list[tuple]:
+    """Said before any latency is read: an emulated machine's numerics are its kernels' own, its speed is not
+    (`mnv4 emulate`)."""
+    notes = {label: f"{label} is emulated by {results['machine']['emulator']} (CPU model "
+                    f"{results['machine']['qemu_cpu']}): {results['machine']['note']}."
+             for results, label in zip(results_list, labels)
+             if results["machine"].get("emulated")}
+    return [("paragraph", note) for note in notes.values()]
 
 
 def _machines_table(results_list: list[dict], labels: list[str]) -> tuple:
