@@ -16,7 +16,7 @@ _MODEL_API = {
                      "mobilenetv4_large", "mobilenetv4_medium", "mobilenetv4_small"), "mnv4.model.factory"),
     **dict.fromkeys(("profile", "summary"), "mnv4.model.profile"),
 }
-SUBPACKAGES = ("artifact", "bench", "data", "errors", "export", "model", "runtimes")
+SUBPACKAGES = ("artifact", "bench", "data", "emulation", "errors", "export", "model", "runtimes", "verification")
 
 
 def __getattr__(name: str):

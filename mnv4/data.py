@@ -56,6 +56,13 @@ class Preprocessing:
         return np.stack([self(image) for image in images])
 
 
+def imagenet_class_names() -> list[str]:
+    """ImageNet-1k's class names, in index order (they ship with mnv4)."""
+    from importlib import resources
+
+    return resources.files("mnv4").joinpath("assets/imagenet_classes.txt").read_text().splitlines()
+
+
 def photos() -> dict[str, np.ndarray]:
     """Nine real RGB photos (HWC uint8) that scikit-image ships."""
     from skimage import data

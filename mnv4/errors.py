@@ -1,7 +1,8 @@
-"""Errors that describe bad input, and the exit codes of every `mnv4` command.
+"""Errors that describe bad input or a failed proof, and the exit codes of every `mnv4` command.
 
-The CLI turns an MNV4Error into one line on stderr and exit code 2; any other exception is an internal error
-(exit code 3, one line; `--debug` shows the traceback)."""
+The CLI turns an MNV4Error into one line on stderr and exit code 2, a ParityFailed into one line per failure and
+exit code 1; any other exception is an internal error (exit code 3, one line; `--debug` shows the traceback)."""
+import difflib
 
 # Every command exits with one of these, so that a CI job can tell a numerical regression from a broken
 # file from a bug in mnv4.
@@ -35,8 +36,8 @@ class UnsupportedOptionError(MNV4Error):
 class MissingExtraError(MNV4Error):
     """A backend whose optional dependencies are not installed."""
 
-    def __init__(self, backend: str, extra: str):
-        super().__init__(f"{backend} is not installed: pip install 'mnv4[{extra}]'")
+    def __init__(self, backend: str, extra: str, instead: str = ""):
+        super().__init__(f"{backend} is not installed: pip install 'mnv4[{extra}]'" + (f" ({instead})" if instead else ""))
         self.extra = extra
 
 
@@ -50,6 +51,23 @@ class PlatformUnsupportedError(MNV4Error):
 
 class UnsupportedOperationError(MNV4Error):
     """A Core ML program operation that the Linux interpreter does not implement."""
+
+
+class ParityFailed(Exception):
+    """An artifact that runs but computes something other than the PyTorch model (exit code 1, not a usage error):
+    one failure per artifact or row."""
+
+    def __init__(self, failures: list[str]):
+        super().__init__("; ".join(failures))
+        self.failures = failures
+
+
+def unknown_value(what: str, value: object, choices) -> str:
+    """The message for a value that is not one of `choices`, with the nearest one where a typo is likely."""
+    choices = [str(choice) for choice in choices]
+    near = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    return f"unknown {what} {value!r}{hint} (choose one of: {', '.join(choices)})"
 
 
 def one_line(error: BaseException) -> str:

@@ -12,9 +12,10 @@ import json
 import platform
 from pathlib import Path
 
-from mnv4.artifact.formats import FORMATS, PRECISIONS
-from mnv4.errors import MNV4Error
-from mnv4.export import ExportRequest, VerificationFailed, export
+from mnv4.artifact.formats import FORMATS
+from mnv4.artifact.precisions import ARTIFACT_PRECISIONS
+from mnv4.errors import MNV4Error, ParityFailed
+from mnv4.export import ExportRequest, export
 from mnv4.model import PAPER_VARIANTS
 from mnv4.model.task import Recipe, trained_fixture
 
@@ -26,7 +27,7 @@ def export_row(variant: str, fmt: str, precision: str, folder: Path, weights: Pa
     request = ExportRequest(variant=variant, precision=precision, weights=weights, resolution=resolution)
     try:
         manifest = export(fmt, request, output, force=True)
-    except (MNV4Error, VerificationFailed) as error:
+    except (MNV4Error, ParityFailed) as error:
         return {**row, "status": f"failed: {error}"}
     parity = manifest.parity
     row.update(bytes=manifest.bytes, export_seconds=manifest.export_seconds,
@@ -69,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(PAPER_VARIANTS))
     parser.add_argument("--formats", default=",".join(FORMATS))
-    parser.add_argument("--precisions", default=",".join(PRECISIONS))
+    parser.add_argument("--precisions", default=",".join(ARTIFACT_PRECISIONS))
     parser.add_argument("--output-dir", type=Path, default=Path("artifacts/matrix"))
     parser.add_argument("--fixture", action="store_true", help="export the trained fixtures (the digits, 64 px)")
     args = parser.parse_args()

@@ -14,14 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mnv4.artifact.formats import FORMATS, PRECISIONS
+from mnv4.artifact.formats import FORMATS
+from mnv4.artifact.precisions import ARTIFACT_PRECISIONS
 from mnv4.bench.results import load_results
 from mnv4.model.task import Recipe, trained_fixture
 
 
 def bench(variant: str, folder: Path, min_seconds: float, *options: str) -> dict:
     subprocess.run([sys.executable, "-m", "mnv4", "bench", "--variant", variant, "--formats", ",".join(FORMATS),
-                    "--precisions", ",".join(PRECISIONS), "--threads", "1", "--batch", "1", "--min-seconds",
+                    "--precisions", ",".join(ARTIFACT_PRECISIONS), "--threads", "1", "--batch", "1", "--min-seconds",
                     str(min_seconds), "--output-dir", str(folder), *options], check=True, stdout=subprocess.DEVNULL)
     return {(row["format"], row["precision"]): row for row in load_results(folder / "results.json")["rows"]
             if row["source"] == "mnv4"}

@@ -1,5 +1,5 @@
-"""The artifact layer: one format table that every list derives from, the typed manifest and its
-validation, the torch-free import of mnv4 and its runners, and the capture of toolchain output."""
+"""The artifact layer: the typed manifest and its validation, the exporters' typed facts, the torch-free import of
+mnv4 and its runners, and the capture of toolchain output."""
 import importlib
 import json
 import os
@@ -9,10 +9,12 @@ import sys
 import numpy as np
 import pytest
 
+from mnv4.artifact.facts import ArtifactFacts, Interface, Quantization
 from mnv4.artifact.formats import FORMATS, get_format
 from mnv4.artifact.manifest import SCHEMA, Manifest, manifest_path, read_manifest
-from mnv4.artifact.parity import THRESHOLDS, breaches, compare
-from mnv4.errors import MNV4Error, UnsupportedOptionError
+from mnv4.artifact.parity import breaches, compare
+from mnv4.artifact.precisions import FP16, LIMITS
+from mnv4.errors import MNV4Error
 from mnv4.runtimes import Runner, runner_class
 
 
@@ -41,27 +43,20 @@ def test_every_format_has_an_exporter_and_a_runner(name, tmp_path):
     assert get_format(name) is row
 
 
-def test_format_table_checks_options_in_one_line():
-    with pytest.raises(UnsupportedOptionError, match="NCHW"):
-        FORMATS["onnx"].check(nhwc=True)
-    with pytest.raises(UnsupportedOptionError, match="precision"):
-        FORMATS["tflite"].check(precision="int3")
-    with pytest.raises(UnsupportedOptionError, match="only for Core ML"):
-        FORMATS["executorch"].check(image_input=True)
-    FORMATS["coreml"].check(image_input=True, dynamic_batch=True)
+def test_unknown_formats_and_files_are_refused():
     with pytest.raises(MNV4Error, match="unknown format 'pdf'"):
         get_format("pdf")
     with pytest.raises(MNV4Error, match="no runtime for model.bin"):
         runner_class("model.bin")
 
 
-@pytest.mark.parametrize("tolerance", list(THRESHOLDS))
+@pytest.mark.parametrize("limits", list(LIMITS))
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_non_finite_logits_never_pass(tolerance, bad):
+def test_non_finite_logits_never_pass(limits, bad):
     reference = np.random.default_rng(0).standard_normal((4, 10))
     candidate = reference.copy()
     candidate[1, 3] = bad
-    failures = breaches(compare(reference, candidate), tolerance)
+    failures = breaches(compare(reference, candidate), LIMITS[limits])
     assert failures and "not finite" in failures[0]
 
 
@@ -81,7 +76,7 @@ def test_manifest_round_trip_is_flat_and_typed(tmp_path):
     assert document["schema"] == SCHEMA and document["input_name"] == "pixels" and list(document)[-1] == "parity"
     again = read_manifest(tmp_path / "m.onnx")
     assert again == manifest
-    assert again.dynamic_batch and again.verify_batches == (1, 4) and again.tolerance == "fp16"
+    assert again.dynamic_batch and again.verify_batches == (1, 4) and again.limits is FP16.limits
     assert again.preprocessing_spec().resolution == 224
 
 
@@ -90,7 +85,7 @@ def test_manifest_round_trip_is_flat_and_typed(tmp_path):
     (lambda d: d["preprocessing"].pop("std"), "missing the key 'preprocessing.std'"),
     (lambda d: d.update(batch=0), "bad value for 'batch'"),
     (lambda d: d.update(format="pdf"), "bad value for 'format'"),
-    (lambda d: d.update(schema=99), "schema 99"),
+    (lambda d: d.update(schema=99), "schema 99; this mnv4 reads schemas 1 and 2"),
 ])
 def test_a_damaged_manifest_names_the_file_and_the_key(change, message, tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"onnx")
@@ -157,3 +152,19 @@ def test_verbose_passes_toolchain_output_through():
     result = run_captured(enabled=False)
     assert "absl INFO line" in result.stdout and "python progress" in result.stdout
     assert "oneDNN" in result.stderr and "a warning" in result.stderr
+
+
+def test_the_manifest_takes_the_facts_flat_with_one_quantization_schema():
+    """Whatever the format, an exporter's facts become the same manifest keys: the interface, the dtypes, then
+    `quantization` with the same keys in every format (what only one format says goes under its `details`)."""
+    quantization = Quantization("a recipe", "tool 1.0", "int8 per channel", None, {"images": 8, "method": "min/max"},
+                                {"Conv": 3, "Add": 1}, {"Softmax": 1}, "a rule", {"reduce_range": False})
+    facts = ArtifactFacts(Interface("pixels", "NCHW", [1, 3, 64, 64], "float32", None, "float32"), "int8", "int8",
+                          {"onnx": "1.0"}, quantization, details={"opset": 18})
+    fields = facts.manifest_fields()
+    assert fields["input_kind"] == "tensor" and "output_name" not in fields and fields["opset"] == 18
+    assert list(fields["quantization"]) == ["recipe", "tool", "weights", "activations", "calibration",
+                                            "quantized_op_types", "float_ops", "float_ops_rule", "details",
+                                            "quantized_ops"]
+    assert fields["quantization"]["quantized_ops"] == 4 and fields["quantization"]["calibration"]["images"] == 8
+    assert "toolchain" not in fields  # the versions go to the manifest's `versions`

@@ -1,27 +1,12 @@
-"""The command line, run as users run it: a separate process, real files."""
-import subprocess
-import sys
-
+"""The model commands, run as users run them (in this process, real files): `info`, `predict`, their help, and bad
+input as one error line with exit code 2. The other exit codes have their own tests: 1 in test_export_pipeline
+(verify against a wrong reference), 3 and 128 + N in test_faults (a planted bug, signals)."""
 import pytest
 import torch
-from PIL import Image
+from conftest import assert_one_line_error
 
 import mnv4
-from mnv4.cli import imagenet_class_names
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "mnv4", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
-
-
-def assert_one_line_error(result, *fragments, code=2):
-    assert result.returncode == code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    for fragment in fragments:
-        assert fragment in lines[0]
+from mnv4.data import imagenet_class_names
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +17,8 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def cat_photo(tmp_path_factory, photo_images):
-    path = tmp_path_factory.mktemp("images") / "chelsea.png"
-    Image.fromarray(photo_images["chelsea"]).save(path)
-    return path
-
-
-def test_info_prints_params_macs_preprocessing_and_layers():
-    result = run_cli("info", "--variant", "hybrid_medium")
+def test_info_prints_params_macs_preprocessing_and_layers(cli):
+    result = cli("info", "--variant", "hybrid_medium")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "11,074,648 parameters" in out and "1.271 GMACs" in out
@@ -48,13 +26,15 @@ def test_info_prints_params_macs_preprocessing_and_layers():
     assert "blocks.2.4" in out and "MobileMQABlock" in out and "[1, 160, 16, 16]" in out
 
 
-def test_info_at_another_resolution():
-    result = run_cli("info", "--variant", "conv_small", "--resolution", "256")
+def test_info_at_another_resolution(cli):
+    result = cli("info", "--variant", "conv_small", "--resolution", "256")
     assert result.returncode == 0 and "input [3, 256, 256]" in result.stdout
 
 
-def test_predict_prints_the_models_own_top_k(checkpoint, cat_photo):
-    result = run_cli("predict", cat_photo, "--variant", "conv_small", "--weights", checkpoint, "--top", "3")
+def test_predict_prints_the_models_own_top_k(checkpoint, cat_photo, cli):
+    from PIL import Image
+
+    result = cli("predict", cat_photo, "--variant", "conv_small", "--weights", checkpoint, "--top", "3")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3 and lines[0].startswith("1. ")
@@ -75,14 +55,14 @@ def test_predict_prints_the_models_own_top_k(checkpoint, cat_photo):
     (("predict", "{img}", "--variant", "conv_medium", "--weights", "{ckpt}"),
      ("does not fit conv_medium", "mis-shaped keys")),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, fragments, checkpoint, cat_photo):
+def test_bad_input_is_one_line_and_exit_2(args, fragments, checkpoint, cat_photo, cli):
     args = [a.format(ckpt=checkpoint, img=cat_photo) for a in args]
-    assert_one_line_error(run_cli(*args), *fragments)
+    assert_one_line_error(cli(*args), *fragments)
 
 
 @pytest.mark.parametrize("command", [(), ("info",), ("predict",)])
-def test_help_is_complete(command):
-    result = run_cli(*command, "--help")
+def test_help_is_complete(command, cli):
+    result = cli(*command, "--help")
     assert result.returncode == 0
     for option in {(): ["info", "predict"], ("info",): ["--variant", "--resolution"],
                    ("predict",): ["IMAGE", "--variant", "--weights", "--top"]}[command]:

@@ -3,44 +3,25 @@
 Each parity check prints its line (relative error, cosine, top-1 agreement); run with -s to see them.
 The tamper tests alter a saved program the way a bad conversion could (one weight in the weight file,
 one operation's stride or epsilon in the program) and show that parity then fails."""
-import json
 import shutil
 import struct
 import sys
 
 import numpy as np
 import pytest
-from conftest import reference_for
-from test_cli import assert_one_line_error, run_cli
-from test_executorch_coreml import check_parity
+from conftest import check_parity, seeded
 
-from mnv4.artifact.parity import THRESHOLDS, breaches, compare
+from mnv4.artifact.parity import RANDOM_INPUTS, compare, truth_breaches
+from mnv4.artifact.precisions import FLOAT16_ARITHMETIC, FP32, Limits
 from mnv4.errors import PlatformUnsupportedError, UnsupportedOperationError
-from mnv4.export import coreml as coreml_export
 from mnv4.model import VARIANTS
 from mnv4.runtimes import runner_class
 from mnv4.runtimes.coreml import CoreMLPredictRunner, CoreMLProgramRunner
 from mnv4.runtimes.coreml_program import MODEL_FILE, WEIGHTS_DIR, supported_operations
 
-FP32_INTERPRETER = {"rel_err": 1e-5, "cosine": None}  # the issue's bar: tighter than the fp32 export limit
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """One conversion per (variant, precision, options) for all the tests here; returns the .mlpackage."""
-    made = {}
-
-    def convert(variant: str, precision: str, **options):
-        key = (variant, precision, tuple(sorted(options.items())))
-        if key not in made:
-            reference = reference_for(variant)
-            path = tmp_path_factory.mktemp("coreml") / "model.mlpackage"
-            example = reference.example(2 if options.get("dynamic_batch") else 1)
-            coreml_export.export(reference.model, example, path, precision=precision, **options)
-            made[key] = path
-        return made[key]
-
-    return convert
+# The interpreter's bar: ten times tighter than the fp32 export limit (judged, as exports are, against float64).
+FP32_INTERPRETER = Limits("fp32-interpreter", 1e-5, None)
+FP16 = {"precision": "fp16", "dynamic_batch": True, "compute_units": "cpu_and_ne", "minimum_deployment_target": "iOS16"}
 
 
 def altered_copy(package, tmp_path):
@@ -76,58 +57,55 @@ def const_feeding(spec, op, input_name):
 
 
 def fails_fp32_parity(reference, package) -> list[str]:
+    """What the fp32 parity gate finds wrong with `package` (against float64, as an export is judged)."""
     logits = CoreMLProgramRunner(package)(reference.inputs)
-    return breaches(compare(reference.logits, logits), "fp32")
+    return truth_breaches(reference.logits64, reference.logits, logits, FP32.limits, len(reference.inputs) - RANDOM_INPUTS)
 
 
 # ---------------------------------------------------------------------------------------------- parity
 
 @pytest.mark.parametrize("variant", ["conv_small", "hybrid_medium"])
-def test_fp32_program_matches_pytorch(variant, converted):
-    reference = reference_for(variant)
-    runner = CoreMLProgramRunner(converted(variant, "fp32"), threads=2)
-    check_parity(f"coreml interpreter {variant} fp32", reference.logits, runner(reference.inputs), FP32_INTERPRETER)
+def test_fp32_program_matches_pytorch(variant, store):
+    reference = seeded(variant)
+    runner = CoreMLProgramRunner(store.get("coreml", variant=variant), threads=2)
+    check_parity(f"coreml interpreter {variant} fp32", reference, runner(reference.inputs), FP32_INTERPRETER)
 
 
-@pytest.mark.parametrize("variant", ["conv_small", pytest.param("hybrid_medium", marks=pytest.mark.matrix)])
-def test_fp16_program_runs_in_float16(variant, converted):
-    """Every intermediate of an fp16 program is float16: the result differs from PyTorch by float16
-    rounding (within the fp16-arithmetic limits), and from the fp32 program by more than fp32 rounding."""
-    reference = reference_for(variant)
-    runner = CoreMLProgramRunner(converted(variant, "fp16"), threads=2)
+def test_fp16_program_runs_in_float16_and_whole_dynamic_batches(store):
+    """Every intermediate of an fp16 program is float16: the result differs from PyTorch by float16 rounding
+    (within the fp16-arithmetic limits), and from the fp32 program by more than fp32 rounding."""
+    reference = seeded("conv_small")
+    runner = CoreMLProgramRunner(store.get("coreml", **FP16), threads=2)
+    assert runner.interface.artifact_batch is None
     assert {str(value.dtype) for value in runner.program.constants.values() if hasattr(value, "dtype")
             and value.dtype.is_floating_point} == {"torch.float16"}
     logits = runner(reference.inputs)
-    check_parity(f"coreml interpreter {variant} fp16", reference.logits, logits, THRESHOLDS["fp16-arithmetic"])
-    assert compare(reference.logits, logits).rel_err > 100 * FP32_INTERPRETER["rel_err"]
+    check_parity("coreml interpreter conv_small fp16, batch 11", reference, logits, FLOAT16_ARITHMETIC)
+    assert compare(reference.logits, logits).rel_err > 100 * FP32_INTERPRETER.rel_err
 
 
-def test_dynamic_batch_program_runs_whole_batches(converted):
-    reference = reference_for("conv_small")
-    runner = CoreMLProgramRunner(converted("conv_small", "fp32", dynamic_batch=True))
-    assert runner.interface.artifact_batch is None
-    check_parity("coreml interpreter conv_small fp32 dynamic batch 11", reference.logits, runner(reference.inputs),
-                 FP32_INTERPRETER)
-
-
-def test_image_input_program_gets_the_pixels_back(converted, tmp_path):
+def test_image_input_program_gets_the_pixels_back(store, tmp_path):
     """An image-input program is fed 255 * (x * std + mean), and its own scale, bias and channel gain
     normalise the pixels again: parity covers the image preprocessing."""
-    reference = reference_for("conv_small")
-    pre = reference.model.preprocessing
-    path = converted("conv_small", "fp32", image_input=True, mean=pre.mean, std=pre.std)
+    reference = seeded("conv_small")
+    pre = reference.preprocessing
+    path = store.get("coreml", image_input=True)
     runner = CoreMLProgramRunner(path, mean=pre.mean, std=pre.std)
     assert runner.interface.image_input and runner.interface.artifact_batch == 1
-    check_parity("coreml interpreter conv_small fp32 image input", reference.logits, runner(reference.inputs),
-                 FP32_INTERPRETER)
+    check_parity("coreml interpreter conv_small fp32 image input", reference, runner(reference.inputs), FP32_INTERPRETER)
+    # Without mean and std, they are read from the manifest beside it; with no manifest there, it cannot run.
+    check_parity("image input, mean and std from the manifest", reference, CoreMLProgramRunner(path)(reference.inputs),
+           FP32_INTERPRETER)
+    alone = tmp_path / path.name
+    shutil.copytree(path, alone)
     with pytest.raises(PlatformUnsupportedError, match="takes an image: the Core ML interpreter needs the mean and std"):
-        CoreMLProgramRunner(path)  # no manifest beside it
+        CoreMLProgramRunner(alone)
 
 
 # --------------------------------------------------------------------------------------- compression
 
 @pytest.mark.parametrize("compression", ["int8", "uint8-asymmetric", "palettised-4bit", "palettised-6bit-uniform"])
-def test_compressed_weights_decompress_as_coremltools_does(compression, converted, tmp_path):
+def test_compressed_weights_decompress_as_coremltools_does(compression, store, tmp_path):
     """constexpr_affine_dequantize and constexpr_lut_to_dense, implemented from the MIL definitions, give
     exactly what coremltools' own decompress_weights writes back as plain constants. (The seeded weights
     are far from a trained model's, so compressed-vs-PyTorch error is large and says nothing here.)"""
@@ -141,8 +119,8 @@ def test_compressed_weights_decompress_as_coremltools_does(compression, converte
         "palettised-6bit-uniform": (cto.palettize_weights, cto.OpPalettizerConfig(mode="uniform", nbits=6)),
     }
     compress, config = configs[compression]
-    reference = reference_for("conv_small")
-    model = ct.models.MLModel(str(converted("conv_small", "fp32")), skip_model_load=True)
+    reference = seeded("conv_small")
+    model = ct.models.MLModel(str(store.get("coreml")), skip_model_load=True)
     compressed = compress(model, cto.OptimizationConfig(global_config=config))
     compressed.save(str(tmp_path / "compressed.mlpackage"))
     cto.decompress_weights(compressed).save(str(tmp_path / "decompressed.mlpackage"))
@@ -153,14 +131,15 @@ def test_compressed_weights_decompress_as_coremltools_does(compression, converte
     assert expected_op in op_types
     logits = runner(reference.inputs[:4])
     np.testing.assert_array_equal(logits, CoreMLProgramRunner(tmp_path / "decompressed.mlpackage")(reference.inputs[:4]))
-    assert not np.array_equal(logits, CoreMLProgramRunner(converted("conv_small", "fp32"))(reference.inputs[:4]))
+    assert not np.array_equal(logits, CoreMLProgramRunner(store.get("coreml"))(reference.inputs[:4]))
 
 
 # ------------------------------------------------------------------------------------ the check can fail
 
-def test_one_changed_weight_in_the_weight_file_fails_parity(converted, tmp_path):
-    reference = reference_for("conv_small")
-    package = altered_copy(converted("conv_small", "fp32"), tmp_path)
+def test_one_changed_weight_in_the_weight_file_fails_parity(store, tmp_path):
+    reference = seeded("conv_small")
+    assert fails_fp32_parity(reference, store.get("coreml")) == []
+    package = altered_copy(store.get("coreml"), tmp_path)
     spec = load_program_spec(package)
     stem = next(op for op in main_operations(spec) if op.type == "conv")
     blob = const_feeding(spec, stem, "weight").attributes["val"].blobFileValue
@@ -182,9 +161,10 @@ def test_one_changed_weight_in_the_weight_file_fails_parity(converted, tmp_path)
     ("conv_small", "conv", "strides", [1, 1]),  # the stem's stride 2 -> 1
     ("hybrid_medium", "batch_norm", "epsilon", 1e-2),  # attention's query norm, 1e-5 -> 1e-2
 ])
-def test_one_changed_attribute_fails_parity(variant, op_type, input_name, altered, converted, tmp_path):
-    reference = reference_for(variant)
-    package = altered_copy(converted(variant, "fp32"), tmp_path)
+def test_one_changed_attribute_fails_parity(variant, op_type, input_name, altered, store, tmp_path):
+    reference = seeded(variant)
+    assert fails_fp32_parity(reference, store.get("coreml", variant=variant)) == []
+    package = altered_copy(store.get("coreml", variant=variant), tmp_path)
     spec = load_program_spec(package)
     op = next(op for op in main_operations(spec) if op.type == op_type)
     tensor = const_feeding(spec, op, input_name).attributes["val"].immediateValue.tensor
@@ -198,10 +178,10 @@ def test_one_changed_attribute_fails_parity(variant, op_type, input_name, altere
     assert failures and failures[0].startswith("relative error")
 
 
-def test_an_unknown_operation_is_named_with_its_place(converted, tmp_path):
+def test_an_unknown_operation_is_named_with_its_place(store, tmp_path):
     """`silu` is a real MIL operation that no variant produces, so the interpreter does not implement it."""
     assert "silu" not in supported_operations()
-    package = altered_copy(converted("conv_small", "fp32"), tmp_path)
+    package = altered_copy(store.get("coreml"), tmp_path)
     spec = load_program_spec(package)
     operations = main_operations(spec)
     index, op = next((i, op) for i, op in enumerate(operations) if op.type == "relu")
@@ -216,41 +196,30 @@ def test_an_unknown_operation_is_named_with_its_place(converted, tmp_path):
 
 # ------------------------------------------------------------------------------------------ the runners
 
-def test_the_platforms_runner_for_an_mlpackage(converted):
-    """`load` gives Core ML's predict on macOS and the interpreter elsewhere; only predict times Core ML."""
-    path = converted("conv_small", "fp32")
+def test_the_platforms_runner_for_an_mlpackage(store, cli):
+    """`load` gives Core ML's predict on macOS and the interpreter elsewhere; only predict times Core ML. `mnv4 verify`
+    re-runs the interpreter's verdict; the predict-vs-interpreter comparison needs Core ML itself, so off macOS it
+    says so in one line."""
+    path = store.get("coreml")
+    verified = cli("verify", path)
+    assert verified.returncode == 0 and "-> PASS" in verified.stderr, verified.stderr
+    compared = cli("coreml-compare", path)
     if sys.platform == "darwin":
         assert runner_class(path) is CoreMLPredictRunner and CoreMLPredictRunner.measures_latency
+        assert compared.returncode == 0 and "-> PASS" in compared.stdout, compared.stderr
         return
     assert runner_class(path) is CoreMLProgramRunner and not CoreMLProgramRunner.measures_latency
     with pytest.raises(PlatformUnsupportedError, match="Core ML predictions need macOS"):
         CoreMLPredictRunner(path)
-
-
-
-def test_export_verify_and_compare_from_the_command_line(tmp_path):
-    """`mnv4 export --format coreml` verifies in the platform's runner and `mnv4 verify` re-runs it; the
-    predict-vs-interpreter comparison needs Core ML itself, so off macOS it says so in one line."""
-    output = tmp_path / "model.mlpackage"
-    result = run_cli("export", "--format", "coreml", "--output", output, "--json", "--quiet")
-    assert result.returncode == 0, result.stderr
-    parity = json.loads(result.stdout)["parity"]
-    assert parity["passed"] is True and parity["tolerance"] == "fp32"
-    assert parity["worst"]["rel_err"] <= FP32_INTERPRETER["rel_err"] and parity["worst"]["top1_agreement"] == 1.0
-
-    verified = run_cli("verify", output)
-    assert verified.returncode == 0 and "-> PASS" in verified.stderr, verified.stderr
-    compared = run_cli("coreml-compare", output)
-    if sys.platform == "darwin":
-        assert compared.returncode == 0 and "-> PASS" in compared.stdout, compared.stderr
-    else:
-        assert_one_line_error(compared, "Core ML predictions need macOS")
+    assert compared.returncode == 2 and compared.stderr.startswith("error: ") and "Core ML predictions need macOS" in \
+        compared.stderr
 
 
 @pytest.mark.matrix
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_every_variant_converts_and_runs_at_fp32(variant, converted):
-    """All 12 variants: every operation their conversion produces is implemented, with fp32 parity."""
-    reference = reference_for(variant)
-    runner = CoreMLProgramRunner(converted(variant, "fp32"), threads=2)
-    check_parity(f"coreml interpreter {variant} fp32", reference.logits, runner(reference.inputs), FP32_INTERPRETER)
+def test_every_variant_converts_and_runs_at_fp32(variant, store):
+    """All 12 variants at their own resolution: every operation their conversion produces is implemented, with
+    fp32 parity."""
+    reference = seeded(variant, None)
+    runner = CoreMLProgramRunner(store.get("coreml", variant=variant, resolution=None), threads=2)
+    check_parity(f"coreml interpreter {variant} fp32", reference, runner(reference.inputs), FP32_INTERPRETER)

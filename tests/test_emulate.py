@@ -4,37 +4,33 @@ qemu-user-static, debootstrap and binfmt-support: it runs with `-m emulate`. The
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error, copy_artifact, missing_system_part, run_cli
 
-from mnv4.cli import main
-from mnv4.export import ExportRequest, export
+from mnv4.artifact.manifest import manifest_path
+from mnv4.artifact.reference import reference_path
+from mnv4.emulation.arm64 import INSTALL_HINT
 
-RESOLUTION = 64
-EMULATED = [("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"), ("onnx", "fp32"), ("onnx", "int8")]
-SUFFIXES = {"tflite": ".tflite", "onnx": ".onnx"}
+# What the end-to-end test emulates: seeded conv_small at 64 px, as (format, precision) -> the store's keywords.
+EMULATED = {("tflite", "fp32"): {}, ("tflite", "fp16"): {"nhwc": True, "dynamic_batch": True, "cli": True},
+            ("tflite", "int8"): {}, ("onnx", "fp32"): {"dynamic_batch": True}, ("onnx", "int8"): {}}
 
 
-def export_to(folder, fmt, precision):
-    output = folder / f"conv_small_{precision}{SUFFIXES[fmt]}"
-    export(fmt, ExportRequest(variant="conv_small", resolution=RESOLUTION, precision=precision), output)
-    return output
+def copy_as(artifact: Path, folder: Path, name: str) -> Path:
+    """A copy of a stored artifact under another name, with its manifest and stored reference (named after it)."""
+    target = folder / name
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(artifact, target)
+    shutil.copyfile(manifest_path(artifact), manifest_path(target))
+    shutil.copyfile(reference_path(artifact), reference_path(target))
+    return target
 
 
 @pytest.fixture(scope="module")
-def onnx_artifact(tmp_path_factory):
-    return export_to(tmp_path_factory.mktemp("onnx"), "onnx", "fp32")
-
-
-def one_line_error(capsys, argv, *fragments):
-    code = main(argv)
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+def onnx_artifact(store):
+    return store.get("onnx", dynamic_batch=True)
 
 
 @pytest.fixture
@@ -42,52 +38,59 @@ def as_root(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 0)
 
 
-def test_refuses_an_unknown_architecture_and_a_missing_or_unmanifested_artifact(capsys, tmp_path):
-    one_line_error(capsys, ["emulate", "riscv64", str(tmp_path)], "unknown architecture 'riscv64'", "arm64")
-    one_line_error(capsys, ["emulate", "arm64"], "no artifacts given")
+def test_refuses_an_unknown_architecture_and_a_missing_or_unmanifested_artifact(cli, tmp_path):
+    assert_one_line_error(cli("emulate", "riscv64", tmp_path), "unknown architecture 'riscv64'", "arm64")
+    assert_one_line_error(cli("emulate", "arm64"), "no artifacts given")
     stray = tmp_path / "stray.tflite"
     stray.write_bytes(b"TFL3")
-    one_line_error(capsys, ["emulate", "arm64", str(stray)], "no manifest for", "stray.tflite")
-    one_line_error(capsys, ["emulate", "arm64", str(tmp_path / "empty")], "not found")
+    assert_one_line_error(cli("emulate", "arm64", stray), "no manifest for", "stray.tflite")
+    assert_one_line_error(cli("emulate", "arm64", tmp_path / "empty"), "not found")
     (tmp_path / "empty").mkdir()
-    one_line_error(capsys, ["emulate", "arm64", str(tmp_path / "empty")], "holds no ONNX or TFLite artifact")
+    assert_one_line_error(cli("emulate", "arm64", tmp_path / "empty"), "holds no ONNX or TFLite artifact")
 
 
-def test_refuses_a_user_other_than_root_before_any_work(capsys, monkeypatch, onnx_artifact, tmp_path):
+def test_refuses_a_user_other_than_root_before_any_work(cli, monkeypatch, onnx_artifact, tmp_path):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     output = tmp_path / "out"
-    one_line_error(capsys, ["emulate", "arm64", str(onnx_artifact), "--output-dir", str(output),
-                            "--root", str(tmp_path / "cache")], "must run as root")
+    assert_one_line_error(cli("emulate", "arm64", onnx_artifact, "--output-dir", output, "--root", tmp_path / "cache"),
+                          "must run as root")
     assert not output.exists() and not (tmp_path / "cache").exists()
 
 
-def test_refuses_a_host_without_qemu_or_debootstrap_naming_what_to_install(capsys, monkeypatch, as_root,
-                                                                            onnx_artifact, tmp_path):
+def test_refuses_a_host_without_qemu_or_debootstrap_naming_what_to_install(cli, monkeypatch, as_root, onnx_artifact,
+                                                                            tmp_path):
     tools = tmp_path / "bin"
     tools.mkdir()
     monkeypatch.setenv("PATH", str(tools))
-    one_line_error(capsys, ["emulate", "arm64", str(onnx_artifact)], "qemu-aarch64-static is not installed",
-                   "apt-get install -y qemu-user-static debootstrap binfmt-support")
-    qemu = shutil.which("qemu-aarch64-static", path="/usr/local/bin:/usr/bin:/bin")
-    if qemu is None:
-        pytest.skip("qemu-user-static is not installed here: the missing-debootstrap refusal needs it")
-    (tools / "qemu-aarch64-static").symlink_to(qemu)
-    one_line_error(capsys, ["emulate", "arm64", str(onnx_artifact)], "debootstrap is not installed")
+    assert INSTALL_HINT == "apt-get install -y qemu-user-static debootstrap binfmt-support"
+    assert_one_line_error(cli("emulate", "arm64", onnx_artifact),
+                          f"qemu-aarch64-static is not installed (qemu-user-static): {INSTALL_HINT}")
+    # A host with qemu but no debootstrap: refused before qemu is ever run, so a stand-in executable is qemu enough.
+    qemu = tools / "qemu-aarch64-static"
+    qemu.write_text("#!/bin/sh\nexit 1\n")
+    qemu.chmod(0o755)
+    assert_one_line_error(cli("emulate", "arm64", onnx_artifact), "debootstrap is not installed (debootstrap)")
 
 
-def test_refuses_a_cpu_without_a_shipped_cpuinfo(capsys, as_root, onnx_artifact):
-    one_line_error(capsys, ["emulate", "arm64", str(onnx_artifact), "--cpu", "cortex-a53"],
-                   "no /proc/cpuinfo for CPU 'cortex-a53'", "cortex-a76")
+def test_refuses_a_cpu_without_a_shipped_cpuinfo(cli, as_root, onnx_artifact):
+    assert_one_line_error(cli("emulate", "arm64", onnx_artifact, "--cpu", "cortex-a53"),
+                          "no /proc/cpuinfo for CPU 'cortex-a53'", "choose cortex-a76")
 
 
-def test_refuses_a_format_whose_arm_runtime_needs_torch(capsys, onnx_artifact, tmp_path):
+def test_refuses_a_format_whose_arm_runtime_needs_torch(cli, onnx_artifact, tmp_path):
     """An ExecuTorch artifact (here an ONNX file's manifest and reference relabelled, which is all the refusal reads)."""
-    program = tmp_path / "conv_small.pte"
-    shutil.copy(onnx_artifact, program)
-    shutil.copy(f"{onnx_artifact}.reference.npz", f"{program}.reference.npz")
-    manifest = json.loads(Path(f"{onnx_artifact}.json").read_text())
-    Path(f"{program}.json").write_text(json.dumps({**manifest, "format": "executorch"}))
-    one_line_error(capsys, ["emulate", "arm64", str(program)], "executorch artifacts cannot run emulated")
+    program = copy_as(onnx_artifact, tmp_path, "conv_small.pte")
+    manifest = json.loads(manifest_path(program).read_text())
+    manifest_path(program).write_text(json.dumps({**manifest, "format": "executorch"}))
+    assert_one_line_error(cli("emulate", "arm64", program), "executorch artifacts cannot run emulated",
+                          "only onnx, tflite")
+
+
+def test_refuses_artifacts_of_two_models_before_any_work(cli, onnx_artifact, store, tmp_path):
+    """Checked as `mnv4 bench-artifacts` checks them: one results file, one model."""
+    fixture = copy_artifact(store.get("onnx", fixture=True, precision="int8", dynamic_batch=True), tmp_path / "int8")
+    assert_one_line_error(cli("emulate", "arm64", onnx_artifact, copy_as(fixture, tmp_path, "fixture_int8.onnx")),
+                          "are of 2 models")
 
 
 def emulation_unavailable() -> str | None:
@@ -98,18 +101,18 @@ def emulation_unavailable() -> str | None:
 
 
 @pytest.mark.emulate
-def test_arm_kernels_pass_every_artifact_with_xnnpack_and_float16_arithmetic(tmp_path):
+def test_arm_kernels_pass_every_artifact_with_xnnpack_and_float16_arithmetic(store, tmp_path):
     """conv_small as TFLite fp32, fp16 and int8 and ONNX fp32 and int8, verified and benched in the emulated root:
     every verdict passes on the ARM kernels, XNNPACK ran every TFLite graph whole, and fp16 computed in float16."""
     unavailable = emulation_unavailable()
     if unavailable:
-        pytest.skip(unavailable)
-    artifacts = tmp_path / "artifacts"
-    for fmt, precision in EMULATED:
-        export_to(artifacts, fmt, precision)
+        missing_system_part(unavailable)
+    artifacts = tmp_path / "artifacts"  # one folder, each stored artifact under a name of its own
+    for (fmt, precision), options in EMULATED.items():
+        stored = store.get(fmt, precision=precision, **options)
+        copy_as(stored, artifacts, f"conv_small_{precision}{stored.suffix}")
     output = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "mnv4", "emulate", "arm64", str(artifacts), "--output-dir",
-                             str(output)], capture_output=True, text=True, timeout=1800)
+    result = run_cli("emulate", "arm64", artifacts, "--output-dir", output, timeout=1800)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("\nPASS ") == len(EMULATED), result.stderr
 

@@ -1,10 +1,12 @@
-"""int8 across formats: the calibration images (built-in photos that are never the verification ones, a
-directory, the trained fixture's own task) and every bad int8 option, refused in one line with exit 2 before
-anything is left at the output path. Each format's quantized arithmetic is tested in its own test_int8_* file."""
+"""int8 across formats: the calibration images (built-in photos that are never the verification ones, a directory,
+the trained fixture's own task) and a bad calibration directory, refused in one line with exit 2 before anything is
+left at the output path. Each format's quantized arithmetic is tested in its format's file (test_onnx.py, ...)."""
+import json
+
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, trained
 from PIL import Image
-from test_cli import assert_one_line_error, run_cli
 
 from mnv4.artifact.manifest import manifest_path
 from mnv4.calibration import (
@@ -62,17 +64,13 @@ def test_noise_is_not_a_photo():
     assert not any(looks_like_noise(photo) for photo in photos().values())
 
 
-def export_int8(tmp_path, *options, fmt="tflite", precision="int8"):
-    output = tmp_path / f"model.{ {'tflite': 'tflite', 'onnx': 'onnx', 'executorch': 'pte', 'coreml': 'mlpackage'}[fmt]}"
-    result = run_cli("export", "--format", fmt, "--precision", precision, "--resolution", "64", "--output", output,
-                     *options)
-    return result, output
+def export_int8(cli, tmp_path, *options, fmt="onnx", precision="int8"):
+    output = tmp_path / "model.onnx"
+    return cli("export", "--format", fmt, "--precision", precision, "--resolution", "64", "--output", output,
+               *options), output
 
 
 @pytest.mark.parametrize("case, make_options, message", [
-    ("calibration at fp32", lambda tmp: ["--calibration", write_images(tmp / "images", 3)],
-     "--calibration is for --precision int8"),
-    ("count at fp16", lambda tmp: ["--calibration-count", "8"], "--calibration-count is for --precision int8"),
     ("empty directory", lambda tmp: ["--calibration", (tmp / "empty").mkdir() or tmp / "empty"],
      "no images in calibration directory"),
     ("missing directory", lambda tmp: ["--calibration", tmp / "absent"], "calibration directory not found"),
@@ -80,66 +78,57 @@ def export_int8(tmp_path, *options, fmt="tflite", precision="int8"):
      "is not a directory"),
     ("more than there are", lambda tmp: ["--calibration", write_images(tmp / "images", 3), "--calibration-count", "4"],
      "--calibration-count 4 is more than the 3 images"),
-    ("count zero", lambda tmp: ["--calibration-count", "0"], "--calibration-count must be from 1"),
-    ("accuracy bound", lambda tmp: ["--max-accuracy-loss", "-1"], "--max-accuracy-loss is in points of top-1"),
 ])
-def test_bad_calibration_options_are_refused_before_any_work(tmp_path, case, make_options, message):
-    options = make_options(tmp_path)
-    precision = "fp32" if case == "calibration at fp32" else "fp16" if case == "count at fp16" else "int8"
-    result, output = export_int8(tmp_path, *options, precision=precision)
+def test_bad_calibration_directories_are_refused_before_any_work(cli, tmp_path, case, make_options, message):
+    """Which precisions take --calibration and --calibration-count, and their bounds, are the option table's
+    (test_tables.py); what the directory holds is checked here, before the model is built."""
+    result, output = export_int8(cli, tmp_path, *make_options(tmp_path))
     assert_one_line_error(result, message)
     assert not output.exists() and not manifest_path(output).exists()
 
 
-@pytest.mark.parametrize("fmt, precision, options, message", [
-    ("onnx", "int8-weights", [], "ONNX export supports precision fp32, fp16 or int8, not 'int8-weights'"),
-    ("executorch", "int8-weights", [], "ExecuTorch export supports precision fp32, fp16 or int8, not 'int8-weights'"),
-    ("onnx", "int4", [], "unknown precision 'int4'"),
-    ("onnx", "int8", ["--int8-io"], "--int8-io is for --precision int8 of tflite"),
-    ("tflite", "fp32", ["--int8-io"], "--int8-io is for --precision int8 of tflite"),
-    ("tflite", "int8-weights", ["--int8-io"], "--int8-io is for --precision int8 of tflite"),
-    ("executorch", "int8", ["--dynamic-batch"], "--dynamic-batch is not available for ExecuTorch int8"),
-])
-def test_a_precision_or_int8_option_a_format_lacks_is_refused(tmp_path, fmt, precision, options, message):
-    result, output = export_int8(tmp_path, *options, fmt=fmt, precision=precision)
-    assert_one_line_error(result, message)
-    assert not output.exists()
-
-
-def test_noise_alone_and_an_unreadable_image_are_refused_with_nothing_written(tmp_path):
+def test_noise_alone_and_an_unreadable_image_are_refused_with_nothing_written(cli, tmp_path):
     noise = write_images(tmp_path / "noise", 4, noise=True)
-    result, output = export_int8(tmp_path, "--calibration", noise)
+    result, output = export_int8(cli, tmp_path, "--calibration", noise)
     assert_one_line_error(result, "look like random noise")
     assert not output.exists() and not manifest_path(output).exists()
 
     broken = write_images(tmp_path / "broken", 4)
     (broken / "002.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
-    result, output = export_int8(tmp_path, "--calibration", broken)
+    result, output = export_int8(cli, tmp_path, "--calibration", broken)
     assert_one_line_error(result, f"cannot read image {broken / '002.png'}")
     assert not output.exists() and not manifest_path(output).exists()
 
 
-def test_an_int8_export_of_the_fixture_records_its_calibration_and_is_judged_by_accuracy(tmp_path):
-    """End to end through the CLI: the fixture calibrates on its own training digits by default, the manifest
-    says so and what stayed float, and `mnv4 verify` applies the accuracy bound it is given (else the export's)."""
-    import json
+def test_a_directory_of_real_images_calibrates_the_export(cli, tmp_path):
+    """`--calibration DIR` end to end: the manifest names the directory and the images it took, spread over it."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, photo in enumerate(list(builtin_photos().values())[:6]):
+        Image.fromarray(photo).save(folder / f"{index:03d}.png")
+    result, output = export_int8(cli, tmp_path, "--calibration", folder, "--calibration-count", "3")
+    assert result.returncode == 0, result.stderr
+    calibration = json.loads(manifest_path(output).read_text())["calibration"]
+    assert calibration == {"source": str(folder.resolve()), "count": 3, "images": ["000.png", "002.png", "005.png"]}
 
-    from mnv4.model.task import trained_fixture
 
-    output = tmp_path / "digits.tflite"
-    result = run_cli("export", "--format", "tflite", "--precision", "int8", "--weights", trained_fixture("conv_small"),
-                     "--resolution", "64", "--output", output, "--calibration-count", "32", "--max-accuracy-loss", "2")
+def test_an_int8_export_of_the_fixture_records_its_calibration_and_is_judged_by_accuracy(cli, tmp_path):
+    """End to end through the CLI: the fixture calibrates on its own training digits by default, the summary and the
+    manifest say so and what stayed float, and `mnv4 verify` applies the accuracy bound it is given (else the
+    export's)."""
+    result, output = export_int8(cli, tmp_path, "--weights", trained(), "--calibration-count", "32",
+                                 "--max-accuracy-loss", "2")
     assert result.returncode == 0, result.stderr
     assert "calibrated on 32 images: digits training split" in result.stderr and "in float:" in result.stderr
     manifest = json.loads(manifest_path(output).read_text())
     assert manifest["precision"] == "int8" and manifest["compute_dtype"] == "int8"
     assert manifest["calibration"]["count"] == 32 and manifest["calibration"]["source"].startswith("digits training")
+    assert manifest["quantization"]["calibration"]["images"] == 32
     assert all(name.startswith("digits[") for name in manifest["calibration"]["images"])
-    assert manifest["quantization"]["quantized_ops"] > 0 and isinstance(manifest["quantization"]["float_ops"], dict)
     task = manifest["parity"]["task"]
     assert task["passed"] and task["max_top1_loss_points"] == 2 and task["top1_loss_points"] <= 1
     for options, bound in (((), 2), (("--max-accuracy-loss", "0.5"), 0.5)):
-        verified = run_cli("verify", output, "--json", *options)
+        verified = cli("verify", output, "--json", *options)
         assert verified.returncode == 0, verified.stderr
         assert json.loads(verified.stdout)["task"]["max_top1_loss_points"] == bound
 
@@ -148,13 +137,14 @@ def test_int8_limits_judge_the_photos_and_record_the_random_inputs():
     """Random pixels lie outside any calibration set: an int8 artifact far off there but close on the photos
     passes; far off on one photo, it fails, and the message names the photo."""
     from mnv4.artifact.parity import truth_breaches
+    from mnv4.artifact.precisions import FP16, INT8
 
     rng = np.random.default_rng(0)
     truth = rng.standard_normal((11, 10))
     close, far = truth + 0.05 * rng.standard_normal((11, 10)), -truth
     off_on_random = np.concatenate([close[:9], far[9:]])
-    assert truth_breaches(truth, truth, off_on_random, "int8", photos=9) == []
-    assert truth_breaches(truth, truth, off_on_random, "fp16", photos=9)  # other precisions judge every input
+    assert truth_breaches(truth, truth, off_on_random, INT8.limits, photos=9) == []
+    assert truth_breaches(truth, truth, off_on_random, FP16.limits, photos=9)  # other precisions judge every input
     off_on_a_photo = np.concatenate([close[:3], far[3:4], close[4:]])
-    (failure, *_) = truth_breaches(truth, truth, off_on_a_photo, "int8", photos=9)
+    (failure, *_) = truth_breaches(truth, truth, off_on_a_photo, INT8.limits, photos=9)
     assert "on photo 3" in failure

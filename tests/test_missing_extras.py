@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+from mnv4.artifact.options import ArtifactOptions
 from mnv4.errors import MissingExtraError
 from mnv4.export import coreml, executorch, onnx, tflite
 from mnv4.runtimes.executorch import ExecuTorchRunner
@@ -13,7 +14,7 @@ from mnv4.runtimes.onnxruntime import OnnxRuntimeRunner
 
 
 def exporting(module):
-    return lambda path: module.export(torch.nn.Identity(), torch.zeros(1, 3, 8, 8), path)
+    return lambda path: module.export(torch.nn.Identity(), torch.zeros(1, 3, 8, 8), path, ArtifactOptions())
 
 
 @pytest.mark.parametrize("make, package, extra", [

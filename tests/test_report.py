@@ -8,7 +8,7 @@ import pytest
 
 from mnv4.bench.report import merge, render_html, render_markdown, write_report
 from mnv4.bench.report.document import HOW_TO_READ
-from mnv4.bench.results import SCHEMA, load_results, write_results
+from mnv4.bench.results import SCHEMA, Status, load_results, write_results
 from mnv4.errors import MNV4Error
 
 CONV_SMALL_MACS = 186_000_000
@@ -28,12 +28,13 @@ def parity(rel_err, cosine=0.999999, tolerance="fp32", passed=True, top1=1.0):
 
 
 def row(fmt, runtime, median=None, *, source="mnv4", precision="fp32", threads=1, batch=1, device="cpu",
-        status="ok", reason=None, parity=None, ratio=None, artifact_bytes=None):
-    """One row as the runner writes it, derived fields computed from the median as docs/bench.md defines them."""
+        status=Status.OK, reason=None, parity=None, ratio=None, artifact_bytes=None):
+    """One row as the runner writes it (its status the value results.json holds), derived fields computed from the
+    median as docs/bench.md defines them."""
     measured = median is not None
     gflops = 2 * CONV_SMALL_MACS * batch / (median / 1000) / 1e9 if measured else None
     return {"source": source, "format": fmt, "runtime": runtime, "device": device, "precision": precision,
-            "threads": threads, "batch": batch, "status": status, "reason": reason,
+            "threads": threads, "batch": batch, "status": status.value, "reason": reason,
             "latency_ms": latency(median) if measured else None, "load_ms": 35.5 if measured else None,
             "first_inference_ms": 2.5 * median if measured else None,
             "throughput_ips": batch * 1000 / median if measured else None, "peak_rss_mb": 412.0 if measured else None,
@@ -66,13 +67,13 @@ def linux():
         row("torch", "torch-eager", 9.87),
         row("onnx", "onnxruntime", 4.12, parity=parity(3.1e-6), ratio=0.95, artifact_bytes=15_123_456),
         row("onnx", "onnxruntime", 4.34, source="timm", parity=parity(2.9e-6), artifact_bytes=15_120_000),
-        row("tflite", "litert", 5.5, precision="fp16", status="parity-failed",
+        row("tflite", "litert", 5.5, precision="fp16", status=Status.PARITY_FAILED,
             reason="relative error 0.0862 > 0.02 (4.3x the limit)",
             parity=parity(0.0862, 0.9951, "fp16", passed=False, top1=10 / 11), artifact_bytes=7_600_000),
-        row("executorch", "executorch", status="unavailable", reason="unavailable: install mnv4[executorch]"),
-        row("onnx", "onnxruntime", precision="fp16", status="failed",
+        row("executorch", "executorch", status=Status.UNAVAILABLE, reason="unavailable: install mnv4[executorch]"),
+        row("onnx", "onnxruntime", precision="fp16", status=Status.FAILED,
             reason="RuntimeError: Type Error: Type (tensor(float16)) of input parameter is invalid"),
-        row("coreml", "coreml", status="latency-not-measured", reason="latency: macOS only",
+        row("coreml", "coreml", status=Status.LATENCY_NOT_MEASURED, reason="latency: macOS only",
             parity=parity(4.4e-6), artifact_bytes=15_500_000),
     ]
     for batch, median in ((1, 0.41), (8, 0.62), (64, 2.95)):
@@ -160,6 +161,7 @@ def test_a_row_that_did_not_run_needs_a_reason_and_nothing_is_written_without_on
 
 
 @pytest.mark.parametrize("index, change, problem", [
+    (1, {"status": "done"}, "status 'done' is not one of ok, parity-failed, failed, unavailable, latency-not-measured"),
     (1, {"latency_ms": None}, "status 'ok' needs a latency_ms"),
     (6, {"latency_ms": latency(3.0)}, "status 'latency-not-measured' must not have a latency_ms"),
     (3, {"parity": None}, "status 'parity-failed' needs a parity"),

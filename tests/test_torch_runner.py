@@ -2,13 +2,16 @@
 import numpy as np
 import pytest
 import torch
-from conftest import relative_error
+from conftest import relative_error, seeded
 
 from mnv4.runtimes.torch import TorchRunner
 
 
-@pytest.mark.parametrize("mode", ["channels_last", "compile"])
-def test_torch_modes_match_eager(conv_small, mode):
+# torch.compile (half a minute to compile on 2 cores) is measured and judged by the bench round trip's
+# torch-compile row (test_bench.py).
+@pytest.mark.parametrize("mode", ["channels_last"])
+def test_torch_modes_match_eager(mode):
+    conv_small = seeded("conv_small")
     inputs = conv_small.inputs[:3]
     eager = TorchRunner(conv_small.model, threads=2)(inputs)
     assert relative_error(conv_small.logits[:3], eager) <= 1e-5
@@ -19,7 +22,8 @@ def test_torch_modes_match_eager(conv_small, mode):
     assert conv_small.model.conv_stem.weight.is_contiguous()
 
 
-def test_threads_are_restored_and_modes_checked(conv_small):
+def test_threads_are_restored_and_modes_checked():
+    conv_small = seeded("conv_small")
     before = torch.get_num_threads()
     TorchRunner(conv_small.model, threads=1)(conv_small.inputs[:1])
     assert torch.get_num_threads() == before

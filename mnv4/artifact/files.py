@@ -4,11 +4,13 @@ An artifact is written under a hidden partial name beside its output and moved i
 exported and verified, so a failed or interrupted export leaves nothing at the output path."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import MNV4Error
@@ -139,3 +141,23 @@ def write_atomically(data: bytes, path: str | Path) -> Path:
         os.unlink(temporary)
         raise
     return path
+
+
+@contextlib.contextmanager
+def exclusive(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock named after `path` (`<path>.lock`, beside it) while building what goes there, so that
+    concurrent processes build it once: the others wait, then find it built. Where the OS has no flock (Windows),
+    nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,8 +1,13 @@
 """The manifest beside every artifact, at `<artifact path>.json`: one typed object, written and read here
 alone, and validated on read so that a damaged or foreign manifest is an error naming the file and the key.
 
-The JSON is flat: the fields below, then what the format's exporter recorded (input and output names,
-layout, shape and dtypes, opset, delegation, ...), then `parity`."""
+The JSON is flat: the fields below, then what the format's exporter recorded (`facts.ArtifactFacts`: input and
+output names, layout, shape and dtypes, quantization, delegation, opset, ...), then `parity`.
+
+Schema 2 (mnv4 0.2) gave the exporters' records one form: `quantization` has the same keys in every format
+(`calibration.images` where schema 1 had `calibration_images` or nothing), with what only one format records under
+`quantization.details`; every interface has `input_kind` and `output_name`. Reading needs none of that, so schema 1
+manifests are still read."""
 from __future__ import annotations
 
 import json
@@ -12,10 +17,12 @@ from pathlib import Path
 from ..data import Preprocessing
 from ..errors import MNV4Error
 from .files import manifest_path, write_json_atomically
-from .formats import FORMATS, PRECISIONS
-from .parity import DYNAMIC_VERIFY_BATCHES, tolerance_for
+from .formats import FORMATS
+from .parity import DYNAMIC_VERIFY_BATCHES
+from .precisions import ARTIFACT_PRECISIONS, Limits, limits_for
 
-SCHEMA = 1
+SCHEMA = 2
+READABLE_SCHEMAS = (1, 2)
 DYNAMIC = "dynamic"  # the manifest's batch of an artifact whose batch axis is free
 
 
@@ -51,9 +58,9 @@ class Manifest:
         return self.facts.get("compute_dtype")
 
     @property
-    def tolerance(self) -> str:
-        """The name of the parity limits this artifact is held to."""
-        return tolerance_for(self.precision, self.compute_dtype)
+    def limits(self) -> Limits:
+        """The parity limits this artifact is held to."""
+        return limits_for(self.precision, self.compute_dtype)
 
     @property
     def verify_batches(self) -> tuple[int, ...]:
@@ -89,8 +96,9 @@ class Manifest:
         if labels is not None and not (isinstance(labels, list) and len(labels) == document["num_classes"]
                                        and all(isinstance(name, str) for name in labels)):
             raise MNV4Error(f"manifest {source} has a bad value for 'labels': not {document['num_classes']} names")
-        if document["schema"] != SCHEMA:
-            raise MNV4Error(f"manifest {source} has schema {document['schema']!r}; this mnv4 reads schema {SCHEMA}")
+        if document["schema"] not in READABLE_SCHEMAS:
+            raise MNV4Error(f"manifest {source} has schema {document['schema']!r}; this mnv4 reads schemas "
+                            f"{' and '.join(map(str, READABLE_SCHEMAS))}")
         named = {f.name for f in fields(cls)} - _NOT_TOP_LEVEL
         return cls(**{key: document[key] for key in named if key in document},
                    facts={key: value for key, value in document.items() if key not in named | _NOT_TOP_LEVEL},
@@ -114,7 +122,7 @@ _CHECKS = {
     "variant": lambda v: isinstance(v, str),
     "resolution": _positive_int,
     "batch": lambda v: v == DYNAMIC or _positive_int(v),
-    "precision": lambda v: v in PRECISIONS,
+    "precision": lambda v: v in ARTIFACT_PRECISIONS,
     "num_classes": _positive_int,
     "preprocessing": lambda v: isinstance(v, dict),
     "weights": lambda v: isinstance(v, dict) and isinstance(v.get("kind"), str),

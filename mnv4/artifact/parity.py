@@ -12,35 +12,9 @@ import numpy as np
 from ..cpu import summary as cpu_summary
 from ..data import Preprocessing, photo_batch
 from ..errors import MNV4Error
+from .precisions import Limits
 from .reference import Reference, TaskReference
 
-# fp32 artifacts differ from PyTorch only by kernel rounding. "fp16" artifacts store fp16 weights but
-# compute in float32 (ONNX, TFLite), so only the weights' rounding shows. "fp16-arithmetic" artifacts also
-# compute in float16 (ExecuTorch XNNPACK, Core ML): every activation is rounded to 11 bits, and XNNPACK
-# accumulates in float16 too, which costs it 2e-2 to 4e-2 relative error and cosine 0.996 to 0.999 on the
-# paper variants where XNNPACK emulates float16 with F16C, and 8.2e-2 (cosine 0.9971) on conv_small where the
-# CPU has native float16 arithmetic (AVX512-FP16, as phones have) (Core ML, interpreted with float32
-# accumulation: 6e-3 to 1.2e-2); docs/export.md. So their limits are looser, and named in every report.
-THRESHOLDS = {
-    "fp32": {"rel_err": 1e-4, "cosine": None},
-    "fp16": {"rel_err": 2e-2, "cosine": 0.999},
-    "fp16-arithmetic": {"rel_err": 1e-1, "cosine": 0.995},
-    # int8 rounds every weight and activation to 256 levels. On untrained (seeded) weights the logits are so
-    # sensitive that 10 % noise on ONE layer's weights already gives cosine 0.90 (int8 artifacts of them:
-    # 0.87 to 0.93 on the photos), so these limits only tell a broken artifact from a quantized one (a wrong
-    # model: cosine -0.03, one layer's channels reversed: 0.41): whether int8 still classifies is judged by
-    # the trained fixture's held-out accuracy (MAX_TOP1_LOSS_POINTS), as the reports say (docs/export.md).
-    # They are judged on the photos alone: random pixels lie outside any calibration set, where int8 clips by
-    # design (ExecuTorch int8 of the seeded conv_small: cosine 0.80 on one); their numbers are recorded.
-    "int8": {"rel_err": 1.0, "cosine": 0.8, "photos_only": True},
-    "int8-weights": {"rel_err": 0.5, "cosine": 0.9, "photos_only": True},
-}
-
-
-def tolerance_for(precision: str, compute_dtype: str | None) -> str:
-    """Which thresholds apply: by precision, and for a float artifact by whether the arithmetic is float16 (an
-    fp16 program's own, or XNNPACK's forced float16 on an fp32 one: `mnv4 verify --xnnpack-fp16`)."""
-    return "fp16-arithmetic" if precision in ("fp32", "fp16") and compute_dtype == "float16" else precision
 # The truth is the model evaluated in float64. PyTorch float32 is itself an approximation of it, and on an
 # ill-conditioned input (random pixels through a hybrid's attention, a checkpoint with large activations) it
 # can be 1e-2 or more away. So an artifact passes an input where its error against float64 is within the
@@ -89,15 +63,14 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
     )
 
 
-def breaches(parity: Parity, tolerance: str) -> list[str]:
-    """What exceeds the thresholds, each saying by how much; empty when parity holds."""
-    limits = THRESHOLDS[tolerance]
+def breaches(parity: Parity, limits: Limits) -> list[str]:
+    """What exceeds the limits, each saying by how much; empty when parity holds."""
     found = []
     # Written as "not within" so that NaN (from NaN or infinite logits) fails instead of passing.
-    if not parity.rel_err <= limits["rel_err"]:
-        found.append(_rel_err_breach(parity.rel_err, limits["rel_err"]))
-    if limits["cosine"] is not None and not parity.cosine >= limits["cosine"]:
-        found.append(f"cosine {parity.cosine:.6f} < {limits['cosine']}")
+    if not parity.rel_err <= limits.rel_err:
+        found.append(_rel_err_breach(parity.rel_err, limits.rel_err))
+    if limits.cosine is not None and not parity.cosine >= limits.cosine:
+        found.append(f"cosine {parity.cosine:.6f} < {limits.cosine}")
     return found
 
 
@@ -120,20 +93,19 @@ def _per_input(truth: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np
     return rel_err, 1.0 - _cosines(truth, candidate)
 
 
-def truth_breaches(truth: np.ndarray, reference: np.ndarray, candidate: np.ndarray, tolerance: str,
+def truth_breaches(truth: np.ndarray, reference: np.ndarray, candidate: np.ndarray, limits: Limits,
                    photos: int) -> list[str]:
     """What fails against the float64 truth, input by input (see TRUTH_FACTOR); empty when parity holds.
     `reference` is PyTorch float32's logits on the same inputs, whose own error sets what is attainable."""
-    limits = THRESHOLDS[tolerance]
     rel_err, distance = _per_input(truth, candidate)
     own_rel_err, own_distance = _per_input(truth, reference)
-    checks = [("relative error", rel_err, own_rel_err, limits["rel_err"])]
-    if limits["cosine"] is not None:
-        checks.append(("cosine distance", distance, own_distance, 1.0 - limits["cosine"]))
+    checks = [("relative error", rel_err, own_rel_err, limits.rel_err)]
+    if limits.cosine is not None:
+        checks.append(("cosine distance", distance, own_distance, 1.0 - limits.cosine))
     found = []
     for name, error, own, limit in checks:
         failing = ~((error <= limit) | (error <= TRUTH_FACTOR * own))  # NaN fails
-        if limits.get("photos_only"):
+        if limits.photos_only:
             failing[photos:] = False
         if not failing.any():
             continue
@@ -165,7 +137,7 @@ def run_batched(runner, inputs: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([runner(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
 
 
-def judge(reference: Reference, candidate, tolerance: str, batch_sizes: tuple[int, ...],
+def judge(reference: Reference, candidate, limits: Limits, batch_sizes: tuple[int, ...],
           max_loss_points: float = MAX_TOP1_LOSS_POINTS) -> dict:
     """Run the candidate on the reference's inputs at each batch size and judge it against the float64 truth,
     given PyTorch float32's own error; for a trained model, also its held-out accuracy against PyTorch float32's,
@@ -182,12 +154,11 @@ def judge(reference: Reference, candidate, tolerance: str, batch_sizes: tuple[in
         results[f"batch_{batch}"] = {"all": overall.as_dict(),
                                     "photos": compare(expected[:photo_count], actual[:photo_count]).as_dict(),
                                     "float64": against_truth}
-        failures = truth_breaches(exact, expected, actual, tolerance, photo_count)
+        failures = truth_breaches(exact, expected, actual, limits, photo_count)
         verdicts.append((bool(failures), against_truth["artifact"]["rel_err"], failures, overall, against_truth))
     # The batch that decides: a failing one before a passing one, then the larger error against float64.
     _, _, failures, worst, worst_truth = max(verdicts, key=lambda v: (v[0], np.nan_to_num(v[1], nan=np.inf)))
-    record = {"passed": not failures, "failures": failures, "tolerance": tolerance,
-              "thresholds": THRESHOLDS[tolerance],
+    record = {"passed": not failures, "failures": failures, "tolerance": limits.name, "thresholds": limits.as_dict(),
               "cpu": cpu_summary(),  # reduced precision's numbers depend on it (int8 dot products, native float16)
               "truth": {"reference": "PyTorch float64", "factor": TRUTH_FACTOR},
               "inputs": {"photos": photo_count, "random": len(inputs) - photo_count}, "worst": worst.as_dict(),
@@ -201,13 +172,13 @@ def judge(reference: Reference, candidate, tolerance: str, batch_sizes: tuple[in
     return record
 
 
-def row_parity(reference: Reference, logits: np.ndarray, tolerance: str, task_logits: np.ndarray | None,
+def row_parity(reference: Reference, logits: np.ndarray, limits: Limits, task_logits: np.ndarray | None,
                max_loss_points: float = MAX_TOP1_LOSS_POINTS) -> dict:
     """A benchmark row's parity: its `logits` on the reference's inputs (and `task_logits` on its held-out
     images) judged by the rule of `judge`, in the row's compact record."""
     check_classes(reference.pytorch_fp32, logits)
-    failures = truth_breaches(reference.float64, reference.pytorch_fp32, logits, tolerance, reference.photos)
-    parity = {**compare(reference.pytorch_fp32, logits).as_dict(), "tolerance": tolerance,
+    failures = truth_breaches(reference.float64, reference.pytorch_fp32, logits, limits, reference.photos)
+    parity = {**compare(reference.pytorch_fp32, logits).as_dict(), "tolerance": limits.name,
               "float64": truth_record(reference.float64, reference.pytorch_fp32, logits)}
     task = task_verdict(reference, lambda: task_logits, max_loss_points)
     if task:

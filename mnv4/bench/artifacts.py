@@ -1,4 +1,5 @@
-"""`mnv4 bench --artifacts DIR`: measure artifacts exported elsewhere, without PyTorch.
+"""`mnv4 bench-artifacts PATHS` (older spelling: `mnv4 bench --artifacts DIR`): measure artifacts exported elsewhere,
+without PyTorch.
 
 Where `mnv4 bench` exports the variant itself, this takes what `mnv4 export` wrote (each artifact with its
 manifest and stored reference) and measures each in a fresh worker process, as the bench does, judging its
@@ -10,30 +11,29 @@ from __future__ import annotations
 import shlex
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from ..artifact.formats import FORMATS
 from ..artifact.manifest import Manifest, manifest_path, read_manifest
-from ..artifact.parity import tolerance_for
+from ..artifact.precisions import FP16
 from ..artifact.reference import Reference, read_reference
 from ..errors import MNV4Error
 from ..runtimes import runner_class
-from .plan import Row
-from .run import Progress, finish_rows, judge_row, spawn_worker
+from .measure import Progress, finish_rows, is_measured, measure_again, measure_row
+from .plan import Measurement, Row
+from .results import results_document
+from .worker import WorkerJob
 
 
-@dataclass(frozen=True)
-class ArtifactBenchOptions:
-    threads: tuple[int, ...] = (1,)
-    warmup: int = 10
-    repeats: int = 1
-    iterations: int | None = None
-    min_seconds: float | None = 2.0
-    xnnpack_fp16: bool = False  # TFLite artifacts: XNNPACK's float16 arithmetic where the CPU has it
+@dataclass(frozen=True, kw_only=True)
+class ArtifactBenchOptions(Measurement):
+    xnnpack_fp16: bool = False  # fp16 TFLite artifacts: XNNPACK's float16 arithmetic where the CPU has it
     machine_name: str | None = None  # the machine's label in reports (default: hostname-os-arch)
+
+    def record(self) -> dict:
+        return {**super().record(), "xnnpack_fp16": self.xnnpack_fp16}
 
 
 @dataclass(frozen=True)
@@ -83,15 +83,15 @@ def find_artifacts(paths: list[Path]) -> list[Found]:
 def row_of(found: Found, threads: int) -> Row:
     manifest = found.manifest
     return Row("mnv4", manifest.format, runner_class(found.path).runtime, "cpu", manifest.precision, threads,
-               1 if manifest.dynamic_batch else manifest.batch, artifact=found.path, tolerance=manifest.tolerance,
-               export_seconds=manifest.export_seconds)
+               1 if manifest.dynamic_batch else manifest.batch, artifact=found.path,
+               compute_dtype=manifest.compute_dtype, export_seconds=manifest.export_seconds)
 
 
 def bench_artifacts(found: list[Found], options: ArtifactBenchOptions, output_dir: Path,
                     progress: Progress = lambda text, done, total: None) -> dict:
-    """Measure every artifact (from `find_artifacts`) at every thread count and write results.json, report.md
-    and report.html."""
-    from .machine import machine_info, versions
+    """Measure every artifact (from `find_artifacts`) at every thread count, in `repeats` processes each, and
+    write results.json, report.md and report.html."""
+    from .machine import machine_info
     from .report import write_report
     from .results import write_results
 
@@ -101,63 +101,44 @@ def bench_artifacts(found: list[Found], options: ArtifactBenchOptions, output_di
     machine = machine_info()
     if options.machine_name:
         machine["id"] = options.machine_name
-    rows, done = [], 0
-    for index, item in enumerate(found):
-        inputs, task_inputs = work / f"inputs_{index}.npy", work / f"task_inputs_{index}.npy"
-        np.save(inputs, item.reference.inputs)
-        if item.reference.task is not None:
-            np.save(task_inputs, item.reference.task.images)
-        for threads in options.threads:
-            row = row_of(item, threads)
-            progress(f"{item.path.name} threads={threads}", done, len(found) * len(options.threads))
-            done += 1
-            job = {"runner": "artifact", "path": str(item.path), "device": "cpu", "threads": threads,
-                   "batch": row.batch, "inputs": str(inputs), "logits": str(work / "logits.npy"),
-                   "task_inputs": str(task_inputs) if item.reference.task is not None else None,
-                   "task_logits": str(work / "task_logits.npy"), "warmup": options.warmup,
-                   "iterations": options.iterations, "min_seconds": options.min_seconds,
-                   # fp16 artifacts only: the flag forces every float operator of a file to float16, fp32 ones too
-                   "runner_options": {"xnnpack_fp16": True} if options.xnnpack_fp16 and item.manifest.format == "tflite"
-                   and item.manifest.precision == "fp16" else {}}
-            for _ in range(options.repeats):
-                result = spawn_worker(job, threads, work)
-                if "status" in result:
-                    row.status, row.reason = result["status"], result["reason"]
-                    break
-                row.runs.append(result)
-            if row.status == "ok":
-                row.tolerance = tolerance_for(item.manifest.precision,
-                                              row.runs[0]["compute_dtype"] or item.manifest.compute_dtype)
-                task_logits = np.load(work / "task_logits.npy") if item.reference.task is not None else None
-                try:
-                    judge_row(row, item.reference, np.load(work / "logits.npy"), task_logits)
-                except MNV4Error as error:  # not the artifact of its reference: this row fails, the bench goes on
-                    row.status, row.reason = "failed", str(error)
-                if not row.runs[0]["measures_latency"] and row.status == "ok":
-                    row.status, row.reason = "latency-not-measured", \
-                        "latency: macOS only (parity from the Core ML program interpreter)"
-            rows.append(row)
+    jobs = [(row_of(item, threads), _job(item, index, threads, options, work), item.reference)
+            for index, item in enumerate(found) for threads in options.threads]
+    total = len(jobs) * options.repeats
+    for repeat in range(options.repeats):
+        for done, (row, job, reference) in enumerate(jobs, start=repeat * len(jobs)):
+            progress(f"{row.artifact.name} threads={row.threads}", done, total)
+            if repeat == 0:
+                measure_row(row, job, reference, work)
+            elif is_measured(row):
+                measure_again(row, job, work)
     first = found[0].manifest
     size = first.model or {}
-    results = {
-        "schema": "mnv4-bench/1",
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine,
-        "versions": versions(),
-        "options": {"variant": first.variant, "formats": list(dict.fromkeys(f.manifest.format for f in found)),
-                    "precisions": list(dict.fromkeys(f.manifest.precision for f in found)),
-                    "threads": list(options.threads), "batches": sorted({row.batch for row in rows}), "device": "cpu",
-                    "warmup": options.warmup, "iterations": options.iterations,
-                    "min_seconds": None if options.iterations else options.min_seconds, "weights": first.weights,
-                    "resolution": first.resolution, "compare_timm": False, "repeats": options.repeats,
-                    "artifacts": [f.path.name for f in found], "xnnpack_fp16": options.xnnpack_fp16,
-                    "command": shlex.join(["mnv4", *sys.argv[1:]])},
-        "model": {"variant": first.variant, "resolution": first.resolution, "macs": size.get("macs"),
-                  "params": size.get("params")},
-        "rows": finish_rows(rows, size.get("macs"), machine["fma_peak_gflops_per_thread"]),
-    }
+    results = results_document(
+        machine, {**options.record(), "variant": first.variant, "device": "cpu", "weights": first.weights,
+                  "formats": list(dict.fromkeys(f.manifest.format for f in found)),
+                  "precisions": list(dict.fromkeys(f.manifest.precision for f in found)),
+                  "batches": sorted({row.batch for row, _, _ in jobs}), "resolution": first.resolution,
+                  "compare_timm": False, "artifacts": [f.path.name for f in found],
+                  "command": shlex.join(["mnv4", *sys.argv[1:]])},
+        {"variant": first.variant, "resolution": first.resolution, "macs": size.get("macs"), "params": size.get("params")},
+        finish_rows([row for row, _, _ in jobs], size.get("macs"), machine["fma_peak_gflops_per_thread"]))
     output_dir.mkdir(parents=True, exist_ok=True)
     write_results(results, output_dir / "results.json")
-    progress("writing the report", len(rows), len(rows))
+    progress("writing the report", len(jobs), len(jobs))
     write_report([results], output_dir)
     return results
+
+
+def _job(item: Found, index: int, threads: int, options: ArtifactBenchOptions, work: Path) -> WorkerJob:
+    """The worker job of one artifact at one thread count, its inputs saved for it."""
+    inputs, task_inputs = work / f"inputs_{index}.npy", work / f"task_inputs_{index}.npy"
+    np.save(inputs, item.reference.inputs)
+    if item.reference.task is not None:
+        np.save(task_inputs, item.reference.task.images)
+    manifest = item.manifest
+    # fp16 artifacts only: the flag forces every float operator of a file to float16, fp32 ones too
+    forced = options.xnnpack_fp16 and manifest.format == "tflite" and manifest.precision == FP16.name
+    return WorkerJob(inputs=str(inputs), timing=options.timing, threads=threads,
+                     batch=1 if manifest.dynamic_batch else manifest.batch, path=str(item.path),
+                     runner_options={"xnnpack_fp16": True} if forced else {},
+                     task_inputs=str(task_inputs) if item.reference.task is not None else None)

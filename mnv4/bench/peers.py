@@ -1,6 +1,7 @@
 """timm's MobileNetV4 exported the way a user would by default, one toolchain call each: the obvious
 alternative our artifacts are compared with. Same weights (loaded through timm's state_dict), same
-resolution, fp32, fixed batch."""
+resolution, fixed batch, at the precisions the precision table marks `peer` (float32: a user's default export in
+every toolchain)."""
 from __future__ import annotations
 
 import time
@@ -10,8 +11,6 @@ import torch
 
 from ..artifact.formats import FORMATS
 from ..errors import MissingExtraError, MNV4Error
-
-PEER_PRECISIONS = ("fp32",)  # a user's default export is float32 in every toolchain
 
 
 def timm_model(variant: str, state_dict: dict, num_classes: int) -> torch.nn.Module:

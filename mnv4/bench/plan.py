@@ -3,40 +3,66 @@
 Every format here comes from the one table, `mnv4.artifact.formats.FORMATS`, plus PyTorch itself (TORCH)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..artifact.formats import FORMATS as ARTIFACT_FORMATS
-from ..artifact.formats import PRECISIONS as ARTIFACT_PRECISIONS
 from ..artifact.formats import TORCH
-from ..errors import MNV4Error
+from ..artifact.options import MAX_BATCH, MAX_THREADS
+from ..artifact.precisions import BF16, FP16, FP32, PRECISIONS
+from ..errors import MNV4Error, unknown_value
 from ..runtimes import runner_class
+from .results import Status
+from .worker import Timing
 
 FORMATS = (*ARTIFACT_FORMATS, TORCH)
-PRECISIONS = (*ARTIFACT_PRECISIONS, "bf16")  # bf16: PyTorch on CUDA only
 CPU_TORCH_MODES = ("eager", "channels_last", "compile")
 CUDA_TORCH_MODES = ("eager", "channels_last", "compile", "cuda_graphs")
 TORCH_RUNTIMES = {"eager": "torch-eager", "channels_last": "torch-channels_last", "compile": "torch-compile",
                   "cuda_graphs": "torch-cuda-graphs"}
 CUDA_BATCHES = (1, 8, 64, 256)  # the default CUDA sweep: latency at 1, throughput towards 256
+# PyTorch on the CPU is measured in float32, the reference; bfloat16 on CUDA in eager mode alone.
+CPU_TORCH_PRECISIONS = (FP32.name,)
+EAGER_ONLY_PRECISIONS = (BF16.name,)
 
 
-@dataclass(frozen=True)
-class BenchOptions:
+@dataclass(frozen=True, kw_only=True)
+class Measurement:
+    """How each row is measured, in either kind of bench: at which thread counts, in how many fresh processes
+    (interleaved over the rows; latency pools their calls), timed how."""
+
+    threads: tuple[int, ...] = (1,)
+    repeats: int = 1
+    timing: Timing = Timing()
+
+    def record(self) -> dict:
+        """The options as results.json has them."""
+        timing = self.timing
+        return {"threads": list(self.threads), "repeats": self.repeats, "warmup": timing.warmup,
+                "iterations": timing.iterations, "min_seconds": None if timing.iterations else timing.min_seconds}
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchOptions(Measurement):
     variant: str
     formats: tuple[str, ...] = FORMATS
-    precisions: tuple[str, ...] = ("fp32", "fp16")
-    threads: tuple[int, ...] = (1,)
+    precisions: tuple[str, ...] = (FP32.name, FP16.name)
     batches: tuple[int, ...] | None = None  # default: 1 on CPU, CUDA_BATCHES on CUDA
     device: str = "cpu"
-    warmup: int = 10
-    repeats: int = 1  # fresh processes per row, interleaved over the rows; latency pools their calls
-    iterations: int | None = None
-    min_seconds: float | None = 2.0
     weights: str | None = None
     resolution: int | None = None
     compare_timm: bool = False
     command: str | None = None
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        return self.batches or (CUDA_BATCHES if self.device == "cuda" else (1,))
+
+    def record(self) -> dict:
+        fields = {key: value for key, value in asdict(self).items() if key not in ("timing", "batches", "threads")}
+        return {**fields, **super().record(), "formats": list(self.formats), "precisions": list(self.precisions),
+                "batches": list(self.batch_sizes)}
 
 
 @dataclass
@@ -53,8 +79,8 @@ class Row:
     mode: str | None = None  # torch rows: eager, channels_last, compile, cuda_graphs
     artifact: Path | None = None
     export_seconds: float | None = None
-    tolerance: str = "fp32"
-    status: str = "ok"
+    compute_dtype: str | None = None  # what it computes in, as exported (PyTorch rows: its dtype); sets its limits
+    status: Status = Status.OK
     reason: str | None = None
     runs: list = field(default_factory=list)  # one worker result per process
     interleaved_ratio: float | None = None  # ours/timm timed call by call in one process (CPU twins)
@@ -69,28 +95,39 @@ def check_options(options: BenchOptions) -> None:
     from ..model.specs import VARIANTS
 
     if options.variant not in VARIANTS:
-        raise MNV4Error(f"unknown variant {options.variant!r}; choose one of: {', '.join(VARIANTS)}")
+        raise MNV4Error(unknown_value("variant", options.variant, VARIANTS))
     for name, given, allowed in (("format", options.formats, FORMATS), ("precision", options.precisions, PRECISIONS)):
-        unknown = [value for value in given if value not in allowed]
-        if unknown or not given:
-            raise MNV4Error(f"unknown {name} {', '.join(unknown) or '(none)'}; choose from: {', '.join(allowed)}")
+        if not given:
+            raise MNV4Error(f"--{name}s names none; choose from: {', '.join(allowed)}")
+        for value in given:
+            if value not in allowed:
+                raise MNV4Error(unknown_value(name, value, allowed))
     if options.device not in ("cpu", "cuda"):
-        raise MNV4Error(f"unknown device {options.device!r}; choose cpu or cuda")
-    if options.batches and min(options.batches) < 1:
-        raise MNV4Error(f"--batch takes positive integers, got {','.join(map(str, options.batches))}")
-    check_timing(options)
+        raise MNV4Error(unknown_value("device", options.device, ("cpu", "cuda")))
+    _check_counts("--batch", options.batches or (1,), MAX_BATCH)
+    check_measurement(options)
 
 
-def check_timing(options) -> None:
-    """The options of how each row is timed (threads, warm-up, repeats, iterations), of either kind of bench."""
-    if not options.threads or min(options.threads) < 1:
-        raise MNV4Error(f"--threads takes positive integers, got {','.join(map(str, options.threads)) or '(none)'}")
-    if options.iterations is not None and options.iterations < 1:
-        raise MNV4Error(f"--iterations must be at least 1, got {options.iterations}")
+def check_measurement(options: Measurement) -> None:
+    """The options of how each row is measured (threads, repeats, warm-up, iterations, seconds), of either bench."""
+    _check_counts("--threads", options.threads, MAX_THREADS)
+    timing = options.timing
+    if timing.iterations is not None and timing.iterations < 1:
+        raise MNV4Error(f"--iterations must be at least 1, got {timing.iterations}")
     if options.repeats < 1:
         raise MNV4Error(f"--repeats must be at least 1, got {options.repeats}")
-    if options.warmup < 0:
-        raise MNV4Error(f"--warmup must be 0 or more, got {options.warmup}")
+    if timing.warmup < 0:
+        raise MNV4Error(f"--warmup must be 0 or more, got {timing.warmup}")
+    if timing.min_seconds is not None and not (math.isfinite(timing.min_seconds) and timing.min_seconds > 0):
+        raise MNV4Error(f"--min-seconds must be a positive number of seconds, got {timing.min_seconds}")
+
+
+def _check_counts(flag: str, counts: tuple[int, ...], largest: int) -> None:
+    """Each count from 1 to `largest`, and given once."""
+    if not counts or not all(1 <= count <= largest for count in counts):
+        raise MNV4Error(f"{flag} takes integers from 1 to {largest}, got {','.join(map(str, counts)) or '(none)'}")
+    if len(set(counts)) != len(counts):
+        raise MNV4Error(f"{flag} names a value twice: {','.join(map(str, counts))}")
 
 
 def plan(options: BenchOptions) -> list[Row]:
@@ -98,31 +135,24 @@ def plan(options: BenchOptions) -> list[Row]:
     x batch, and PyTorch eager / channels_last / compile at fp32 (the reference rows); on CUDA: PyTorch
     eager at every precision and channels_last / compile / CUDA graphs, over the batch sweep. With
     --compare-timm each row gets a timm twin where timm has the same path (fp32)."""
-    from .peers import PEER_PRECISIONS
-
     sources = ("mnv4", "timm") if options.compare_timm else ("mnv4",)
     rows = []
     if options.device == "cuda":
-        batches = options.batches or CUDA_BATCHES
         for mode in CUDA_TORCH_MODES:
-            for precision in options.precisions if mode == "eager" else [p for p in options.precisions if p != "bf16"]:
-                for batch in batches:
+            for precision in [p for p in options.precisions if mode == "eager" or p not in EAGER_ONLY_PRECISIONS]:
+                for batch in options.batch_sizes:
                     rows += [Row(source, TORCH, TORCH_RUNTIMES[mode], "cuda", precision, None, batch, mode=mode)
                              for source in sources]
         return rows
-    batches = options.batches or (1,)
     for fmt in options.formats:
-        if fmt == TORCH:
-            precisions = ["fp32"] if "fp32" in options.precisions else []
-        else:
-            precisions = [p for p in options.precisions if p in ARTIFACT_FORMATS[fmt].precisions]
-        for precision in precisions:
+        supported = CPU_TORCH_PRECISIONS if fmt == TORCH else ARTIFACT_FORMATS[fmt].precisions
+        for precision in [p for p in options.precisions if p in supported]:
             for threads in options.threads:
-                for batch in batches:
+                for batch in options.batch_sizes:
                     for mode in CPU_TORCH_MODES if fmt == TORCH else (None,):
                         # The runtime this platform's runner is (Core ML: predict or the interpreter).
                         runtime = TORCH_RUNTIMES[mode] if fmt == TORCH else runner_class(
                             Path(f"model{ARTIFACT_FORMATS[fmt].suffix}")).runtime
                         rows += [Row(source, fmt, runtime, "cpu", precision, threads, batch, mode=mode)
-                                 for source in sources if source == "mnv4" or precision in PEER_PRECISIONS]
+                                 for source in sources if source == "mnv4" or PRECISIONS[precision].peer]
     return rows

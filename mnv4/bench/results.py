@@ -5,13 +5,31 @@ naming the file and the problem, because a report built from a half-understood f
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 
 from ..artifact.files import write_json_atomically
 from ..artifact.formats import FORMATS, TORCH
+from ..artifact.precisions import PRECISIONS
 from ..errors import MNV4Error
 
 SCHEMA = "mnv4-bench/1"
+
+
+class Status(str, Enum):
+    """What became of a row; results.json holds the value."""
+
+    OK = "ok"  # measured, parity within its limits
+    PARITY_FAILED = "parity-failed"  # measured, parity outside its limits
+    FAILED = "failed"  # its export or its process failed
+    UNAVAILABLE = "unavailable"  # its toolchain, runtime or device is not on this machine
+    LATENCY_NOT_MEASURED = "latency-not-measured"  # parity measured, latency not representative here
+
+    def __str__(self) -> str:  # as its value, where Python 3.11 would print "Status.OK"
+        return self.value
+
+
 
 TOP_KEYS = ("schema", "created", "machine", "versions", "options", "model", "rows")
 MACHINE_KEYS = ("id", "hostname", "os", "platform", "python", "cpu_model", "physical_cores", "logical_cores", "isa",
@@ -26,11 +44,11 @@ LATENCY_KEYS = ("mean", "median", "p5", "p95", "p99", "std", "min", "max", "iter
 PARITY_KEYS = ("rel_err", "cosine", "top1_agreement", "top5_agreement", "max_abs", "tolerance", "passed")
 
 SOURCES = ("mnv4", "timm")
-STATUSES = ("ok", "parity-failed", "failed", "unavailable", "latency-not-measured")
+STATUSES = tuple(status.value for status in Status)
 # Report order: the deployment formats first, the PyTorch baselines last; within torch, from plain to most tuned.
 FORMAT_ORDER = (*FORMATS, TORCH)
 RUNTIME_ORDER = ("torch-eager", "torch-channels_last", "torch-compile", "torch-cuda-graphs")
-PRECISION_ORDER = ("fp32", "fp16", "int8-weights", "int8", "bf16")
+PRECISION_ORDER = tuple(PRECISIONS)
 DEVICE_ORDER = ("cpu", "cuda")
 
 
@@ -75,15 +93,16 @@ def validate(results: object, name: str) -> None:
             raise MNV4Error(f"{name}: {where}: source {row['source']!r} is not one of {', '.join(SOURCES)}")
         if row["status"] not in STATUSES:
             raise MNV4Error(f"{name}: {where}: status {row['status']!r} is not one of {', '.join(STATUSES)}")
-        if row["status"] != "ok" and not row["reason"]:
-            raise MNV4Error(f"{name}: {where}: status {row['status']!r} needs a reason")
+        status = Status(row["status"])
+        if status is not Status.OK and not row["reason"]:
+            raise MNV4Error(f"{name}: {where}: status {status.value!r} needs a reason")
         # parity-failed may lack a latency: a Core ML program interpreted off macOS is checked, not timed.
-        if row["status"] == "ok" and row["latency_ms"] is None:
-            raise MNV4Error(f"{name}: {where}: status 'ok' needs a latency_ms")
-        if row["status"] in ("unavailable", "latency-not-measured") and row["latency_ms"] is not None:
-            raise MNV4Error(f"{name}: {where}: status {row['status']!r} must not have a latency_ms")
-        if row["status"] == "parity-failed" and row["parity"] is None:
-            raise MNV4Error(f"{name}: {where}: status 'parity-failed' needs a parity")
+        if status is Status.OK and row["latency_ms"] is None:
+            raise MNV4Error(f"{name}: {where}: status {status.value!r} needs a latency_ms")
+        if status in (Status.UNAVAILABLE, Status.LATENCY_NOT_MEASURED) and row["latency_ms"] is not None:
+            raise MNV4Error(f"{name}: {where}: status {status.value!r} must not have a latency_ms")
+        if status is Status.PARITY_FAILED and row["parity"] is None:
+            raise MNV4Error(f"{name}: {where}: status {status.value!r} needs a parity")
         if row["latency_ms"] is not None:
             _require(row["latency_ms"], LATENCY_KEYS, name, f"{where}: latency_ms: ")
         if row["parity"] is not None:
@@ -92,6 +111,20 @@ def validate(results: object, name: str) -> None:
         if identity in seen:
             raise MNV4Error(f"{name}: {where} repeats row {seen[identity]}")
         seen[identity] = index
+
+
+def results_document(machine: dict, options: dict, model: dict, rows: list[dict]) -> dict:
+    """The one builder of a results.json document, for `mnv4 bench` and `mnv4 bench-artifacts` alike."""
+    from .machine import versions
+
+    return {"schema": SCHEMA, "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "machine": machine,
+            "versions": versions(), "options": options, "model": model, "rows": rows}
+
+
+def strict_failures(results: dict) -> list[str]:
+    """What --strict fails on: rows that failed or breach parity."""
+    return [f"{describe_row(row)}: {row['status']}: {row['reason']}" for row in results["rows"]
+            if row["status"] in (Status.FAILED, Status.PARITY_FAILED)]
 
 
 def _require(section: object, keys: tuple, name: str, where: str) -> None:

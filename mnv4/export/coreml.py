@@ -2,22 +2,24 @@
 as one .mlpackage directory. Converting and saving work anywhere; running one needs macOS."""
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..artifact.formats import FORMATS
+from ..artifact.facts import ArtifactFacts, Interface, Quantization
+from ..artifact.options import DEFAULT_DEPLOYMENT_TARGET, MAX_BATCH, ArtifactOptions
+from ..artifact.precisions import FP16, INT8, Precision
 from ..data import IMAGENET_MEAN, IMAGENET_STD
-from ..errors import MissingExtraError, MNV4Error, UnsupportedOptionError
+from ..errors import MissingExtraError, MNV4Error
 from ..runtimes.coreml import COMPUTE_UNITS_METADATA
-from .program import MAX_DYNAMIC_BATCH, export_program
+from .program import export_program
 
 INPUT_NAME = "pixels"
 IMAGE_INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-MINIMUM_DEPLOYMENT_TARGET = "iOS17"
 COMPUTE_PLAN = ("not known on Linux: which operations run on the Neural Engine, GPU or CPU is Core ML's "
                 "per-device compute plan (MLComputePlan), which needs macOS")
 
@@ -35,101 +37,101 @@ CALIBRATION_CHUNK = 16
 # stand between a quantized operation and its output's quantize (fused into that operation on device).
 QDQ_OPS = ("quantize", "dequantize")
 FUSED_ACTIVATIONS = ("relu", "relu6", "leaky_relu", "tanh", "scaled_tanh", "sigmoid", "hard_sigmoid")
+FLOAT_OPS_RULE = ("operations other than const, constexpr and quantize/dequantize that do not sit between "
+                  "dequantized int8 inputs (with int8 weights) and a quantize of their output; an activation "
+                  "between the operation and that quantize is fused into it and counts with it")
 
 
-def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precision: str = "fp32",
-           dynamic_batch: bool = False, nhwc: bool = False, image_input: bool = False,
-           mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-           calibration: np.ndarray | None = None, compute_units: str | None = None,
-           minimum_deployment_target: str = MINIMUM_DEPLOYMENT_TARGET) -> dict:
-    """Write `model` as a Core ML ML program (iOS 17+ unless `minimum_deployment_target` says otherwise) at
-    `path`; returns the facts for the manifest. `compute_units` (all, cpu_only, cpu_and_gpu, cpu_and_ne) is
-    stored in the model's metadata for whoever loads it: Core ML takes them at load time.
+def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: ArtifactOptions,
+           calibration: np.ndarray | None = None) -> ArtifactFacts:
+    """Write `model` as a Core ML ML program (iOS 17+ unless the options' minimum deployment target says otherwise)
+    at `path`; returns its facts. The options' compute units (all, cpu_only, cpu_and_gpu, cpu_and_ne) are stored in
+    the model's metadata for whoever loads it: Core ML takes them at load time.
 
     fp16 is Core ML's float16 compute precision (weights and arithmetic, as the GPU and Neural Engine
     run anyway) with float32 input and output. int8-weights is coremltools' weight-only linear
     quantization of the float32 program (int8 weights, per output channel, symmetric; float32
     arithmetic). int8 (W8A8) adds coremltools' activation quantization, calibrated on `calibration`
-    (normalised NCHW float32 images) through mnv4's ML-program interpreter, since coremltools'
+    (normalised NCHW float32) through mnv4's ML-program interpreter, since coremltools'
     calibration needs Core ML predictions (macOS). A dynamic batch is a RangeDim from 1 to the shared
     export's maximum. The input is an NCHW float32 tensor, or with `image_input` an RGB image (a
-    CVPixelBuffer on device) normalised inside the model with `mean` and `std`.
+    CVPixelBuffer on device) normalised inside the model with the model's own mean and std (its `preprocessing`;
+    ImageNet's for a module without one).
     """
-    FORMATS["coreml"].check(precision=precision, nhwc=nhwc, dynamic_batch=dynamic_batch, image_input=image_input,
-                            compute_units=compute_units, minimum_deployment_target=minimum_deployment_target)
-    if precision == "int8" and (calibration is None or len(calibration) == 0):
-        raise UnsupportedOptionError("Core ML --precision int8 needs calibration images (they set its activation ranges)")
-    if image_input and (dynamic_batch or example.shape[0] != 1):
-        raise UnsupportedOptionError("a Core ML image input is one image per prediction: export a batch of 1, "
-                                     "or a tensor input for other batches")
     try:
         import coremltools as ct
     except ImportError:
         raise MissingExtraError("Core ML export", "coreml") from None
 
-    batch = ct.RangeDim(1, MAX_DYNAMIC_BATCH, default=1) if dynamic_batch else example.shape[0]
-    shape = (batch, *example.shape[1:])
-    facts = {}
-    if image_input:
-        normalisation = _image_normalisation(mean, std)
-        model = _ChannelGain(model, normalisation["channel_gain"])
-        model_input = ct.ImageType(name=IMAGE_INPUT_NAME, shape=shape, scale=normalisation["scale"],
-                                   bias=normalisation["bias"], color_layout=ct.colorlayout.RGB)
-        facts["image_normalisation"] = normalisation
-    else:
-        model_input = ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)
-    # Core ML converts the inference-dialect program that decompositions give.
-    program = export_program(model, example, dynamic_batch).run_decompositions({})
-    # int8-weights quantizes the float32 program's weights. int8 (W8A8) quantizes a float16 program, as
-    # coremltools' activation quantization expects: its suffix pass writes float16 scales, which a float32
-    # program's quantize refuses, and what is left in float runs in float16 on the Neural Engine anyway.
-    compute_precision = ct.precision.FLOAT16 if precision in ("fp16", "int8") else ct.precision.FLOAT32
-    mlmodel = ct.convert(
-        program,
-        inputs=[model_input],
-        outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
-        convert_to="mlprogram",
-        minimum_deployment_target=getattr(ct.target, minimum_deployment_target),
-        compute_precision=compute_precision,
-        # Loading compiles the model for prediction, which only macOS can do; saving needs no load.
-        skip_model_load=True,
-    )
-    if precision == "int8":
-        samples = _calibration_samples(calibration, example.shape[0], dynamic_batch,
-                                       (mean, std) if image_input else None)
+    target = options.minimum_deployment_target or DEFAULT_DEPLOYMENT_TARGET
+    precision = options.precision_row
+    normalisation = _normalisation_of(model)
+    mlmodel, details = _converted(model, example, options, target, normalisation)
+    if precision is INT8:
+        samples = _calibration_samples(calibration, example.shape[0], options.dynamic_batch,
+                                       normalisation if options.image_input else None)
         mlmodel = quantize_activations(mlmodel, samples)
-    if precision in ("int8", "int8-weights"):
+    if precision.quantized:
         from coremltools.optimize.coreml import linear_quantize_weights
 
         # An output channel whose largest weight is below float16's resolution times 127 gets scale 0 in a
         # float16 program: numpy then warns of 0/0 while the channel is (correctly) written as zeros.
         with np.errstate(divide="ignore", invalid="ignore"):
             mlmodel = linear_quantize_weights(mlmodel, _quantizer_config())
-    if compute_units:
-        mlmodel.user_defined_metadata[COMPUTE_UNITS_METADATA] = compute_units
+    if options.compute_units:
+        mlmodel.user_defined_metadata[COMPUTE_UNITS_METADATA] = options.compute_units
     mlmodel.save(str(path))
 
-    dtype = "float16" if precision in ("fp16", "int8") else "float32"
-    if precision in ("int8", "int8-weights"):
-        facts["quantization"] = quantization_facts(path, precision, len(calibration) if precision == "int8" else 0)
-    return {
-        "toolchain": {"torch": torch.__version__, "coremltools": ct.__version__},
-        "input_name": IMAGE_INPUT_NAME if image_input else INPUT_NAME,
-        "input_layout": "NCHW",
-        "input_shape": [-1 if dynamic_batch else example.shape[0], *example.shape[1:]],
-        "input_dtype": "uint8" if image_input else "float32",
-        "input_kind": "image" if image_input else "tensor",
-        "output_name": OUTPUT_NAME,
-        "model_type": "mlprogram",
-        "minimum_deployment_target": minimum_deployment_target,
-        "compute_units": compute_units,  # None: not set (Core ML's default is all; mnv4's predict runner uses the CPU)
-        "delegation": {"compute_plan": COMPUTE_PLAN},
-        "weights_dtype": "int8" if precision.startswith("int8") else dtype,
-        "compute_dtype": "int8" if precision == "int8" else dtype,
-        "output_dtype": "float32",
-        **({"max_batch": MAX_DYNAMIC_BATCH} if dynamic_batch else {}),
-        **facts,
-    }
+    # int8 (W8A8) quantizes a float16 program: what stays float computes in float16.
+    dtype = "float16" if precision in (FP16, INT8) else "float32"
+    interface = Interface(IMAGE_INPUT_NAME if options.image_input else INPUT_NAME, "NCHW",
+                          [-1 if options.dynamic_batch else example.shape[0], *example.shape[1:]],
+                          "uint8" if options.image_input else "float32", OUTPUT_NAME, "float32",
+                          input_kind="image" if options.image_input else "tensor")
+    details.update(model_type="mlprogram", minimum_deployment_target=target,
+                   # None: not set (Core ML's default is all; mnv4's predict runner uses the CPU)
+                   compute_units=options.compute_units, compute_plan=COMPUTE_PLAN,
+                   **({"max_batch": MAX_BATCH} if options.dynamic_batch else {}))
+    quantization = quantization_facts(path, precision, calibration) if precision.quantized else None
+    return ArtifactFacts(interface, precision.weights_dtype if precision.quantized else dtype,
+                         precision.compute_dtype if precision is INT8 else dtype,
+                         {"torch": torch.__version__, "coremltools": ct.__version__}, quantization, details=details)
+
+
+def _normalisation_of(model: torch.nn.Module) -> tuple[Sequence[float], Sequence[float]]:
+    """The mean and std the model's inputs are normalised with."""
+    preprocessing = getattr(model, "preprocessing", None)
+    return (preprocessing.mean, preprocessing.std) if preprocessing is not None else (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _converted(model: torch.nn.Module, example: torch.Tensor, options: ArtifactOptions, target: str,
+               normalisation: tuple[Sequence[float], Sequence[float]]):
+    """coremltools' ML program of the model, and the image normalisation's record where the input is an image."""
+    import coremltools as ct
+
+    batch = ct.RangeDim(1, MAX_BATCH, default=1) if options.dynamic_batch else example.shape[0]
+    shape = (batch, *example.shape[1:])
+    details = {}
+    if options.image_input:
+        folded = _image_normalisation(*normalisation)
+        model = _ChannelGain(model, folded["channel_gain"])
+        model_input = ct.ImageType(name=IMAGE_INPUT_NAME, shape=shape, scale=folded["scale"],
+                                   bias=folded["bias"], color_layout=ct.colorlayout.RGB)
+        details["image_normalisation"] = folded
+    else:
+        model_input = ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)
+    # Core ML converts the inference-dialect program that decompositions give.
+    program = export_program(model, example, options.dynamic_batch).run_decompositions({})
+    # int8-weights quantizes the float32 program's weights. int8 (W8A8) quantizes a float16 program, as
+    # coremltools' activation quantization expects: its suffix pass writes float16 scales, which a float32
+    # program's quantize refuses, and what is left in float runs in float16 on the Neural Engine anyway.
+    mlmodel = ct.convert(
+        program, inputs=[model_input], outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
+        convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
+        compute_precision=ct.precision.FLOAT16 if options.precision_row in (FP16, INT8) else ct.precision.FLOAT32,
+        # Loading compiles the model for prediction, which only macOS can do; saving needs no load.
+        skip_model_load=True)
+    return mlmodel, details
 
 
 def _image_normalisation(mean: Sequence[float], std: Sequence[float]) -> dict:
@@ -236,86 +238,100 @@ def calibration_stats(fpmodel, sample_data: list[dict], calibration_op_group_siz
     return stats
 
 
-def quantization_facts(path: Path, precision: str, calibration_images: int) -> dict:
-    """facts["quantization"], read from the saved program: int8 weight constants, quantize/dequantize
+def quantization_facts(path: Path, precision: Precision, calibration: np.ndarray | None) -> Quantization:
+    """What the quantization did, read from the saved program: int8 weight constants, quantize/dequantize
     operations, and which compute operations take int8 (dequantized) activations with int8 weights."""
     from ..runtimes.coreml_program import Program
 
     program = Program(path)
-    operations = list(program.block.operations)
-    producer = {output.name: op for op in operations for output in op.outputs}
-    int8_weights = {op.outputs[0].name for op in operations
-                    if op.type.startswith("constexpr_") and _constexpr_int8(op)}
-    compute = [op for op in operations
-               if op.type != "const" and not op.type.startswith("constexpr_") and op.type not in QDQ_OPS]
-
-    def arguments(op):
-        return [(key, argument.name) for key, bound in op.inputs.items() for argument in bound.arguments
-                if argument.WhichOneof("binding") == "name"]
-
-    def activations(op):  # the inputs that are neither constants nor compressed weights
-        return [name for _, name in arguments(op) if name in program.inputs or
-                (producer[name].type != "const" and not producer[name].type.startswith("constexpr_"))]
-
-    consumers: dict[str, list] = {}
-    for op in operations:
-        for _, name in arguments(op):
-            consumers.setdefault(name, []).append(op)
-    int8 = {name for name, op in producer.items() if _output_type(op, name) in ("INT8", "UINT8")}
-
-    def quantized_result(name: str) -> bool:  # int8 itself, or read only by quantize operations
-        users = consumers.get(name, [])
-        return name in int8 or (bool(users) and all(user.type == "quantize" for user in users))
-
-    def int8_inputs(op) -> bool:  # int8 activations (as such, or dequantized) and int8 weights if any
-        weight = dict(arguments(op)).get("weight")
-        return (bool(activations(op)) and (weight is None or weight in int8_weights)
-                and all(name in int8 or (name in producer and producer[name].type == "dequantize")
-                        for name in activations(op)))
-
-    # An operation computes in int8 when it sits between dequantize (or int8 tensors) and quantize, the
-    # pattern Core ML runs in int8; an activation that coremltools lets stand between the operation and the
-    # quantize of its output (conv -> relu -> quantize) is fused into it and counts with it.
-    quantized = set()
-    for op in compute:
-        if not int8_inputs(op):
-            continue
-        result = op.outputs[0].name
-        users = consumers.get(result, [])
-        if quantized_result(result):
-            quantized.add(id(op))
-        elif (len(users) == 1 and users[0].type in FUSED_ACTIVATIONS
-              and quantized_result(users[0].outputs[0].name)):
-            quantized.update((id(op), id(users[0])))
-    float_ops: dict[str, int] = {}
-    for op in compute:
-        if id(op) not in quantized:
-            float_ops[op.type] = float_ops.get(op.type, 0) + 1
-    weight_ops = [op for op in compute if "weight" in op.inputs]
+    graph = _Graph(list(program.block.operations), program.inputs)
+    quantized = graph.quantized_operations()
+    quantized_ids = {id(op) for op in quantized}
+    weight_ops = [op for op in graph.compute if "weight" in op.inputs]
+    w8a8 = precision is INT8
     weights = (f"int8 {QUANTIZATION_MODE.replace('_', ' ')} per output channel (coremltools "
-               f"linear_quantize_weights, {_constexpr_types(operations)}), "
-               f"{sum(dict(arguments(op)).get('weight') in int8_weights for op in weight_ops)} of "
-               f"{len(weight_ops)} conv/linear weights; biases {'float16' if precision == 'int8' else 'float32'}")
-    facts = {
-        "recipe": (f"coremltools {_coremltools_version()} linear_quantize_activations (int8 activations "
-                   f"per-tensor symmetric, MinMax calibration through the {CALIBRATION_ENGINE}), then "
-                   f"linear_quantize_weights (int8 weights per-channel symmetric), on the float16 program"
-                   if precision == "int8" else
-                   f"coremltools {_coremltools_version()} linear_quantize_weights, int8 weights per-channel "
-                   f"symmetric, float32 activations and arithmetic (weight-only)"),
-        "weights": weights,
-        "activations": (f"int8 {QUANTIZATION_MODE.replace('_', ' ')} per tensor, min/max over "
-                        f"{calibration_images} calibration images" if precision == "int8" else None),
-        "quantized_ops": len(quantized),
-        "float_ops": dict(sorted(float_ops.items())),
-        "int8_weight_constants": len(int8_weights),
-    }
-    if precision == "int8":
-        facts["qdq_ops"] = {kind: sum(op.type == kind for op in operations) for kind in QDQ_OPS}
-        facts["float_dtype"] = "float16"  # what float_ops, scales and biases compute and are stored in
-        facts["calibration_engine"] = CALIBRATION_ENGINE
-        facts["calibration_method"] = "min/max of every tensor over all calibration images (coremltools' MinMax)"
-    return facts
+               f"linear_quantize_weights, {_constexpr_types(graph.operations)}), "
+               f"{sum(graph.weight_of(op) in graph.int8_weights for op in weight_ops)} of "
+               f"{len(weight_ops)} conv/linear weights; biases {'float16' if w8a8 else 'float32'}")
+    version = _coremltools_version()
+    details = {"int8_weight_constants": len(graph.int8_weights)}
+    if w8a8:
+        details.update(qdq_ops={kind: sum(op.type == kind for op in graph.operations) for kind in QDQ_OPS},
+                       float_dtype="float16", calibration_engine=CALIBRATION_ENGINE)  # float16: float ops, scales, biases
+    images = len(calibration) if w8a8 else 0
+    return Quantization(
+        recipe=(f"coremltools {version} linear_quantize_activations (int8 activations per-tensor symmetric, MinMax "
+                f"calibration through the {CALIBRATION_ENGINE}), then linear_quantize_weights (int8 weights "
+                f"per-channel symmetric), on the float16 program" if w8a8 else
+                f"coremltools {version} linear_quantize_weights, int8 weights per-channel symmetric, float32 "
+                f"activations and arithmetic (weight-only)"),
+        tool=f"coremltools {version}", weights=weights,
+        activations=(f"int8 {QUANTIZATION_MODE.replace('_', ' ')} per tensor, min/max over {images} calibration "
+                     f"images" if w8a8 else None),
+        calibration={"images": images, "method": "min/max of every tensor over all calibration images "
+                     "(coremltools' MinMax)"} if w8a8 else None,
+        quantized_op_types=dict(Counter(op.type for op in quantized)),
+        float_ops=dict(Counter(op.type for op in graph.compute if id(op) not in quantized_ids)),
+        float_ops_rule=FLOAT_OPS_RULE, details=details)
+
+
+class _Graph:
+    """A saved program's operations, with who produces and who reads each value."""
+
+    def __init__(self, operations: list, inputs):
+        self.operations, self.inputs = operations, inputs
+        self.producer = {output.name: op for op in operations for output in op.outputs}
+        self.int8_weights = {op.outputs[0].name for op in operations
+                             if op.type.startswith("constexpr_") and _constexpr_int8(op)}
+        self.compute = [op for op in operations
+                        if op.type != "const" and not op.type.startswith("constexpr_") and op.type not in QDQ_OPS]
+        self.consumers: dict[str, list] = {}
+        for op in operations:
+            for _, name in _arguments(op):
+                self.consumers.setdefault(name, []).append(op)
+        self.int8 = {name for name, op in self.producer.items() if _output_type(op, name) in ("INT8", "UINT8")}
+
+    def weight_of(self, op) -> str | None:
+        return dict(_arguments(op)).get("weight")
+
+    def activations(self, op) -> list[str]:
+        """The inputs that are neither constants nor compressed weights."""
+        return [name for _, name in _arguments(op) if name in self.inputs or
+                (self.producer[name].type != "const" and not self.producer[name].type.startswith("constexpr_"))]
+
+    def quantized_result(self, name: str) -> bool:
+        """int8 itself, or read only by quantize operations."""
+        users = self.consumers.get(name, [])
+        return name in self.int8 or (bool(users) and all(user.type == "quantize" for user in users))
+
+    def int8_inputs(self, op) -> bool:
+        """int8 activations (as such, or dequantized) and int8 weights if any."""
+        weight = self.weight_of(op)
+        return (bool(self.activations(op)) and (weight is None or weight in self.int8_weights)
+                and all(name in self.int8 or (name in self.producer and self.producer[name].type == "dequantize")
+                        for name in self.activations(op)))
+
+    def quantized_operations(self) -> list:
+        """The operations between dequantize (or int8 tensors) and quantize, the pattern Core ML runs in int8; an
+        activation that coremltools lets stand between the operation and the quantize of its output
+        (conv -> relu -> quantize) is fused into it and counts with it."""
+        quantized = []
+        for op in self.compute:
+            if not self.int8_inputs(op):
+                continue
+            result = op.outputs[0].name
+            users = self.consumers.get(result, [])
+            if self.quantized_result(result):
+                quantized.append(op)
+            elif (len(users) == 1 and users[0].type in FUSED_ACTIVATIONS
+                  and self.quantized_result(users[0].outputs[0].name)):
+                quantized += [op, users[0]]
+        return quantized
+
+
+def _arguments(op) -> list[tuple[str, str]]:
+    return [(key, argument.name) for key, bound in op.inputs.items() for argument in bound.arguments
+            if argument.WhichOneof("binding") == "name"]
 
 
 def _output_type(op, name: str) -> str:

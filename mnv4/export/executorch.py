@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..artifact.facts import ArtifactFacts, Delegation, Interface, Quantization
 from ..artifact.formats import FORMATS, Delegate
-from ..errors import MissingExtraError, UnsupportedOptionError
+from ..artifact.options import DEFAULT_DEPLOYMENT_TARGET, ArtifactOptions
+from ..artifact.precisions import FP16, INT8
+from ..errors import MissingExtraError
 from ..runtimes.executorch import DYNAMIC_BATCH_METHOD, program_interface
-from .coreml import MINIMUM_DEPLOYMENT_TARGET
 from .program import export_program, mobile_program
 
-# The dtype the model computes in before lowering: int8 starts from the float32 model.
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32}
 CALIBRATION_BATCH = 8  # images per calibration forward
 # Operators that XNNPACK fuses into the quantized operator before them (conv + relu) when they sit
 # between it and its output's quantize node.
@@ -30,20 +30,21 @@ _FUSED_ACTIVATIONS = ("aten.relu.default", "aten.hardtanh.default", "aten.clamp.
 # bound is 15 because lowering to XNNPACK re-runs torch's float32 convolution shape logic, whose
 # backend heuristic guards on batch < 16 and so cuts the range to that side of 16 which the example
 # lies on; a 2-image example keeps the small batches, and 15 is then the most float32 can plan for.
-MAX_BATCH = 15
+PLANNED_MAX_BATCH = 15
 DYNAMIC_EXAMPLE_BATCH = 2
 # The delegate's Core ML programs run wherever Core ML likes unless told (its CoreMLBackend's own default).
 COREML_DELEGATE_COMPUTE_UNITS = "all"
 # QNN compiles ahead of time for one Hexagon NPU: Snapdragon 8 Gen 3's (HTP v75), a current flagship.
 QNN_SOC = "SM8650"
+FLOAT_OPS_RULE = ("operators outside the XNNPACK delegate, and operators inside it whose inputs are not all "
+                  "dequantized int8 tensors or whose output is not quantized (a relu fused into its convolution "
+                  "counts with it)")
 
 
-def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precision: str = "fp32",
-           dynamic_batch: bool = False, nhwc: bool = False, calibration: np.ndarray | None = None,
-           delegate: str | None = None, compute_units: str | None = None,
-           minimum_deployment_target: str | None = None) -> dict:
-    """Write `model` as a .pte at `path`, lowered to `delegate` (default XNNPACK); returns the facts for the
-    manifest. What follows is XNNPACK's; `_lowering` says how the other delegates differ.
+def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: ArtifactOptions,
+           calibration: np.ndarray | None = None) -> ArtifactFacts:
+    """Write `model` as a .pte at `path`, lowered to the options' delegate (default XNNPACK); returns its facts.
+    What follows is XNNPACK's; `_lowering` says how the other delegates differ.
 
     fp16 runs XNNPACK's float16 kernels (weights and arithmetic in half precision, the only float16
     mode the delegate has) behind a float32 input and output, so callers feed the same tensors as for
@@ -57,87 +58,63 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     quantization and the output's dequantization run inside the delegate, so the .pte still takes and
     gives float32.
     """
-    artifact_format = FORMATS["executorch"]
-    artifact_format.check(precision=precision, nhwc=nhwc, dynamic_batch=dynamic_batch, delegate=delegate,
-                          compute_units=compute_units, minimum_deployment_target=minimum_deployment_target)
-    if precision == "int8" and (calibration is None or len(calibration) == 0):
-        raise UnsupportedOptionError("ExecuTorch int8 export needs calibration images")
     try:
         from executorch.exir import to_edge_transform_and_lower
-        from executorch.exir.sym_util import eval_upper_bound
     except ImportError:
         raise MissingExtraError("ExecuTorch export", "executorch") from None
 
-    row = artifact_format.delegate_of(delegate)
-    partitioner, program_dtype, delegate_facts = _lowering(row, precision, compute_units, minimum_deployment_target)
-    module = _Deployable(model, program_dtype, nhwc).eval()
-    sample = example[:DYNAMIC_EXAMPLE_BATCH] if dynamic_batch else example
-    if nhwc:
+    delegate = FORMATS["executorch"].delegate_of(options.delegate)
+    precision = options.precision_row
+    partitioner, program_dtype, details = _lowering(delegate, options)
+    module = _Deployable(model, program_dtype, options.nhwc).eval()
+    sample = example[:DYNAMIC_EXAMPLE_BATCH] if options.dynamic_batch else example
+    if options.nhwc:
         sample = sample.permute(0, 2, 3, 1).contiguous()
-    if precision == "int8":
-        module = _quantized(module, calibration, nhwc)
-    program = mobile_program(module, sample, dynamic_batch)
-    edge = to_edge_transform_and_lower(
-        program,
-        transform_passes=[_reshapes_as_static_views],
-        partitioner=[partitioner],
-        constant_methods={DYNAMIC_BATCH_METHOD: dynamic_batch},
-    )
+    if precision is INT8:
+        module = _quantized(module, calibration, options.nhwc)
+    edge = to_edge_transform_and_lower(mobile_program(module, sample, options.dynamic_batch),
+                                       transform_passes=[_reshapes_as_static_views], partitioner=[partitioner],
+                                       constant_methods={DYNAMIC_BATCH_METHOD: options.dynamic_batch})
     lowered = edge.exported_program()
     # Read before to_executorch, which rewrites the graph in place into out-variants and allocations.
-    delegation = _delegation(lowered.graph_module, row)
-    arithmetic = _arithmetic(lowered.graph_module) if precision == "int8" else None
+    delegation = _delegation(lowered.graph_module, delegate)
+    quantization = _quantization(lowered.graph_module, len(calibration)) if precision is INT8 else None
     (input_name,) = lowered.graph_signature.user_inputs
-    batch_size = next(node for node in lowered.graph.nodes if node.name == input_name).meta["val"].shape[0]
-    if dynamic_batch:
-        _bound(batch_size, MAX_BATCH)
-    max_batch = eval_upper_bound(batch_size) if dynamic_batch else None
+    max_batch = _planned_max_batch(lowered, input_name) if options.dynamic_batch else None
     path.write_bytes(edge.to_executorch().buffer)
-    input_shape = [-1 if dynamic_batch else sample.shape[0], *sample.shape[1:]]
-
-    dtype = "int8" if precision == "int8" else str(DTYPES[precision]).removeprefix("torch.")
-    facts = {
-        "toolchain": {"torch": torch.__version__, "executorch": metadata.version("executorch")},
-        "input_name": input_name,
-        "input_layout": "NHWC" if nhwc else "NCHW",
-        "input_shape": input_shape,
-        "input_dtype": "float32",
-        "output_dtype": "float32",
-        "method": "forward",
-        "backend": row.backend,
-        "weights_dtype": dtype,
-        "compute_dtype": dtype,
-        "delegation": delegation,
-        "structure_check": _structure_check(path, input_shape, max_batch),
-        **delegate_facts,
-    }
-    if dynamic_batch:
-        facts["max_batch"] = max_batch
-    if arithmetic is not None:
-        quantized, float_ops = arithmetic
-        activations = f"int8 per tensor, asymmetric, HistogramObserver over {len(calibration)} images"
-        weights = "int8 per output channel, symmetric ([-127, 127])"
-        facts["quantization"] = {
-            "recipe": (f"ExecuTorch XNNPACKQuantizer PT2E static (get_symmetric_quantization_config, per-channel), "
-                       f"weights {weights}, activations {activations}, lowered to XNNPACK"),
-            "tool": f"executorch {metadata.version('executorch')} XNNPACKQuantizer, torchao "
-                    f"{metadata.version('torchao')} prepare_pt2e/convert_pt2e",
-            "weights": weights,
-            "activations": activations,
-            "calibration_method": "HistogramObserver",
-            "calibration_images": int(len(calibration)),
-            "quantized_ops": sum(quantized.values()),
-            "quantized_op_types": dict(sorted(quantized.items())),
-            "float_ops": dict(sorted(float_ops.items())),
-            "float_ops_rule": ("operators outside the XNNPACK delegate, and operators inside it whose inputs are not "
-                               "all dequantized int8 tensors or whose output is not quantized (a relu fused into "
-                               "its convolution counts with it)"),
-        }
-    return facts
+    input_shape = [-1 if options.dynamic_batch else sample.shape[0], *sample.shape[1:]]
+    details.update(method="forward", backend=delegate.backend,
+                   structure_check=_structure_check(path, input_shape, max_batch),
+                   **({"max_batch": max_batch} if max_batch else {}))
+    return ArtifactFacts(
+        Interface(input_name, "NHWC" if options.nhwc else "NCHW", input_shape, "float32", None, "float32"),
+        precision.weights_dtype, "float16" if precision is FP16 else precision.compute_dtype,
+        {"torch": torch.__version__, "executorch": metadata.version("executorch")}, quantization, delegation, details)
 
 
-def _lowering(delegate: Delegate, precision: str, compute_units: str | None,
-              minimum_deployment_target: str | None) -> tuple[object, torch.dtype, dict]:
+def _planned_max_batch(lowered, input_name: str) -> int:
+    """The largest batch the program's memory is planned for, its symbolic batch capped at PLANNED_MAX_BATCH."""
+    from executorch.exir.sym_util import eval_upper_bound
+
+    batch_size = next(node for node in lowered.graph.nodes if node.name == input_name).meta["val"].shape[0]
+    _bound(batch_size, PLANNED_MAX_BATCH)
+    return eval_upper_bound(batch_size)
+
+
+def _quantization(graph_module: torch.fx.GraphModule, images: int) -> Quantization:
+    quantized, float_ops = _arithmetic(graph_module)
+    activations = f"int8 per tensor, asymmetric, HistogramObserver over {images} images"
+    weights = "int8 per output channel, symmetric ([-127, 127])"
+    return Quantization(
+        recipe=(f"ExecuTorch XNNPACKQuantizer PT2E static (get_symmetric_quantization_config, per-channel), "
+                f"weights {weights}, activations {activations}, lowered to XNNPACK"),
+        tool=(f"executorch {metadata.version('executorch')} XNNPACKQuantizer, torchao "
+              f"{metadata.version('torchao')} prepare_pt2e/convert_pt2e"),
+        weights=weights, activations=activations, calibration={"images": images, "method": "HistogramObserver"},
+        quantized_op_types=dict(quantized), float_ops=dict(float_ops), float_ops_rule=FLOAT_OPS_RULE)
+
+
+def _lowering(delegate: Delegate, options: ArtifactOptions) -> tuple[object, torch.dtype, dict]:
     """The partitioner that lowers to `delegate`, the dtype the program computes in when it reaches it, and
     the delegate's settings for the manifest.
 
@@ -145,27 +122,18 @@ def _lowering(delegate: Delegate, precision: str, compute_units: str | None,
     takes the casts too). Core ML and QNN take a float32 program and compute fp16 in their own float16 mode:
     Core ML's compute precision (with the compute units and deployment target baked into the delegate, where
     an .mlpackage leaves compute units to load time), the QNN HTP's fp16."""
+    own_dtype = torch.float16 if options.precision_row is FP16 else torch.float32
     try:
         if delegate.name == "xnnpack":
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
-            return XnnpackPartitioner(), DTYPES[precision], {}
+            return XnnpackPartitioner(), own_dtype, {}
         if delegate.name == "vulkan":
             from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
 
-            return VulkanPartitioner(), DTYPES[precision], {}
+            return VulkanPartitioner(), own_dtype, {}
         if delegate.name == "coreml":
-            import coremltools as ct
-            from executorch.backends.apple.coreml.compiler import CoreMLBackend
-            from executorch.backends.apple.coreml.partition import CoreMLPartitioner
-
-            units = compute_units or COREML_DELEGATE_COMPUTE_UNITS
-            target = minimum_deployment_target or MINIMUM_DEPLOYMENT_TARGET
-            specs = CoreMLBackend.generate_compile_specs(
-                compute_unit=ct.ComputeUnit[units.upper()], minimum_deployment_target=getattr(ct.target, target),
-                compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32)
-            return (CoreMLPartitioner(compile_specs=specs), torch.float32,
-                    {"compute_units": units, "minimum_deployment_target": target})
+            return _coreml_partitioner(options)
         from executorch.backends.qualcomm.partition.qnn_partitioner import QnnPartitioner
         from executorch.backends.qualcomm.serialization.qc_schema import QcomChipset
         from executorch.backends.qualcomm.utils.utils import generate_htp_compiler_spec, generate_qnn_executorch_compiler_spec
@@ -175,6 +143,20 @@ def _lowering(delegate: Delegate, precision: str, compute_units: str | None,
         return QnnPartitioner(specs), torch.float32, {"qnn_soc": QNN_SOC}
     except ImportError:
         raise MissingExtraError(f"ExecuTorch's {delegate.label} delegate", "executorch") from None
+
+
+def _coreml_partitioner(options: ArtifactOptions) -> tuple[object, torch.dtype, dict]:
+    import coremltools as ct
+    from executorch.backends.apple.coreml.compiler import CoreMLBackend
+    from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+    units = options.compute_units or COREML_DELEGATE_COMPUTE_UNITS
+    target = options.minimum_deployment_target or DEFAULT_DEPLOYMENT_TARGET
+    specs = CoreMLBackend.generate_compile_specs(
+        compute_unit=ct.ComputeUnit[units.upper()], minimum_deployment_target=getattr(ct.target, target),
+        compute_precision=ct.precision.FLOAT16 if options.precision_row is FP16 else ct.precision.FLOAT32)
+    return (CoreMLPartitioner(compile_specs=specs), torch.float32,
+            {"compute_units": units, "minimum_deployment_target": target})
 
 
 def _structure_check(path: Path, input_shape: list[int], max_batch: int | None) -> dict:
@@ -279,7 +261,7 @@ def _bound(size: torch.SymInt, largest: int) -> None:
     ranges[size.node.expr] &= ValueRanges(1, largest)
 
 
-def _delegation(graph_module: torch.fx.GraphModule, delegate: Delegate) -> dict:
+def _delegation(graph_module: torch.fx.GraphModule, delegate: Delegate) -> Delegation:
     """How many operators `delegate` runs, of how many, in how many delegate calls (one per delegated
     subgraph), and which operators it does not run (by name, with counts). Tuple unpacking of a delegate's
     outputs is not an operator: executorch.devtools' get_delegation_info counts the same nodes but with the
@@ -295,8 +277,8 @@ def _delegation(graph_module: torch.fx.GraphModule, delegate: Delegate) -> dict:
         _operator_name(node.target) for node in graph_module.graph.nodes
         if node.op == "call_function" and node.target not in (call_delegate, operator.getitem)
     )
-    return {"delegate": delegate.name, "delegated_ops": delegated, "total_ops": delegated + sum(outside.values()),
-            "non_delegated_ops": dict(sorted(outside.items())), "delegate_calls": len(calls)}
+    return Delegation(delegate.name, delegated, delegated + sum(outside.values()), dict(sorted(outside.items())),
+                      len(calls))
 
 
 def _arithmetic(graph_module: torch.fx.GraphModule) -> tuple[Counter, Counter]:

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifact.formats import FORMATS
-from ..errors import MissingExtraError, UnsupportedOptionError
+from ..artifact.facts import ArtifactFacts, Interface, Quantization
+from ..artifact.options import ArtifactOptions
+from ..artifact.precisions import FP16, INT8
+from ..errors import MissingExtraError
 from .program import export_program
 
 INPUT_NAME = "pixels"
@@ -35,11 +37,14 @@ CALIBRATION_BATCH = 8  # images per calibration run of a dynamic-batch model
 # input is the float graph input, so they run on uint8 after one QuantizeLinear.
 QUANTIZE_OPTIONS = {"ForceQuantizeNoInputCheck": True}
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
+FLOAT_OPS_RULE = ("ops of the written graph other than QuantizeLinear/DequantizeLinear whose float inputs do not all "
+                  "come from a DequantizeLinear or whose output is not only read by a QuantizeLinear (the others "
+                  "onnxruntime runs as integer kernels)")
 
 
-def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precision: str = "fp32",
-           dynamic_batch: bool = False, nhwc: bool = False, calibration: np.ndarray | None = None) -> dict:
-    """Write `model` as an ONNX file at `path`; returns the facts for the manifest.
+def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: ArtifactOptions,
+           calibration: np.ndarray | None = None) -> ArtifactFacts:
+    """Write `model` as an ONNX file at `path`; returns its facts.
 
     fp16 means fp16 weights with float32 compute (each weight is followed by a Cast to float32):
     half the file size with float32 inputs, outputs and arithmetic. A fully fp16 graph brings no
@@ -47,53 +52,39 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     loses accuracy where onnxruntime folds small layer-scale factors (timm starts them at 1e-5) into
     fp16 convolution weights, which then underflow.
 
-    int8 is static post-training quantization calibrated on `calibration` (preprocessed NCHW images):
-    see `_quantize`. The file keeps float32 input and output.
+    int8 is static post-training quantization calibrated on `calibration` (preprocessed NCHW images): see
+    `_quantize`. The file keeps float32 input and output.
     """
-    FORMATS["onnx"].check(precision=precision, nhwc=nhwc, dynamic_batch=dynamic_batch)
-    if precision == "int8" and (calibration is None or len(calibration) == 0):
-        raise UnsupportedOptionError("ONNX int8 export needs calibration images")
     try:
         import onnx
         import onnxscript  # noqa: F401  (the dynamo exporter translates through it)
     except ImportError:
         raise MissingExtraError("ONNX export", "onnx") from None
 
-    program = export_program(model, example, dynamic_batch)
-    onnx_program = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                     verbose=False)
-    model_proto = onnx_program.model_proto
+    program = export_program(model, example, options.dynamic_batch)
+    model_proto = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    verbose=False).model_proto
     _global_pools(model_proto)
-    if dynamic_batch:
+    if options.dynamic_batch:
         _name_batch_axis(model_proto)
-    if precision == "fp16":
+    precision = options.precision_row
+    if precision is FP16:
         _store_weights_in_fp16(model_proto)
-    batch = -1 if dynamic_batch else example.shape[0]
+    batch = -1 if options.dynamic_batch else example.shape[0]
     quantization = None
-    if precision == "int8":
-        quantization = _quantize(model_proto, path, calibration, None if dynamic_batch else batch)
+    if precision is INT8:
+        quantization = _quantize(model_proto, path, calibration, None if options.dynamic_batch else batch)
         model_proto = onnx.load(str(path))
     else:
         # save_model keeps every weight inline, where torch.onnx.export(f=...) would default to a separate
         # .onnx.data file; these models are far below protobuf's 2 GiB limit for a single file.
         onnx.save_model(model_proto, path)
     onnx.checker.check_model(str(path), full_check=True)
-
-    facts = {
-        "toolchain": {package: metadata.version(package) for package in TOOLCHAIN},
-        "input_name": INPUT_NAME,
-        "input_layout": "NCHW",
-        "input_shape": [batch, *example.shape[1:]],
-        "input_dtype": "float32",
-        "output_name": OUTPUT_NAME,
-        "output_dtype": "float32",
-        "opset": next(entry.version for entry in model_proto.opset_import if entry.domain in ("", "ai.onnx")),
-        "weights_dtype": {"fp16": "float16", "int8": "int8"}.get(precision, "float32"),
-        "compute_dtype": "int8" if precision == "int8" else "float32",
-    }
-    if quantization is not None:
-        facts["quantization"] = quantization
-    return facts
+    return ArtifactFacts(
+        interface=Interface(INPUT_NAME, "NCHW", [batch, *example.shape[1:]], "float32", OUTPUT_NAME, "float32"),
+        weights_dtype=precision.weights_dtype, compute_dtype=precision.compute_dtype,
+        toolchain={package: metadata.version(package) for package in TOOLCHAIN}, quantization=quantization,
+        details={"opset": next(entry.version for entry in model_proto.opset_import if entry.domain in ("", "ai.onnx"))})
 
 
 def cpu_choice() -> dict:
@@ -111,8 +102,8 @@ def cpu_choice() -> dict:
     return {"activations": "uint8", "reduce_range": True, "cpu": "x86 without VNNI"}
 
 
-def _quantize(model_proto, path: Path, calibration: np.ndarray, batch: int | None) -> dict:
-    """Static int8 quantization of the float graph into `path`; returns facts["quantization"].
+def _quantize(model_proto, path: Path, calibration: np.ndarray, batch: int | None) -> Quantization:
+    """Static int8 quantization of the float graph into `path`; returns what it did.
 
     quant_pre_process (onnxruntime's graph optimisation and shape inference) first, then quantize_static
     in QDQ format: int8 weights per output channel (symmetric, zero point 0), activations per tensor,
@@ -122,21 +113,40 @@ def _quantize(model_proto, path: Path, calibration: np.ndarray, batch: int | Non
     then fed that many at a time, wrapping around), or None for a dynamic batch."""
     import onnx
     try:
-        from onnxruntime.quantization import (
-            CalibrationDataReader,
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quant_pre_process,
-            quantize_static,
-        )
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
     except ImportError:
         raise MissingExtraError("ONNX int8 export (onnxruntime)", "onnx") from None
 
     choice = cpu_choice()
-    activation_type = QuantType.QInt8 if choice["activations"] == "int8" else QuantType.QUInt8
     padded = _pad_input_channels(model_proto)
-    input_name = model_proto.graph.input[0].name
+    reader = _calibration_reader(model_proto.graph.input[0].name, calibration, batch)
+    with tempfile.TemporaryDirectory(prefix="mnv4-onnx-int8-") as scratch:
+        float_path, prepared_path = Path(scratch) / "float.onnx", Path(scratch) / "prepared.onnx"
+        onnx.save_model(model_proto, float_path)
+        quant_pre_process(str(float_path), str(prepared_path))
+        quantize_static(str(prepared_path), str(path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=choice["reduce_range"],
+                        activation_type=QuantType.QInt8 if choice["activations"] == "int8" else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod[CALIBRATION_METHOD],
+                        extra_options=dict(QUANTIZE_OPTIONS))
+    quantized, float_ops = _op_arithmetic(onnx.load(str(path)))
+    activations = f"{choice['activations']} per tensor, asymmetric, {CALIBRATION_METHOD} over {len(calibration)} images"
+    weights = "int8 per output channel, symmetric" + (" (7-bit range)" if choice["reduce_range"] else "")
+    return Quantization(
+        recipe=(f"onnxruntime quantize_static QDQ, weights {weights}, activations {activations}, "
+                f"reduce_range {'on' if choice['reduce_range'] else 'off'} ({choice['cpu']})"),
+        tool=f"onnxruntime {metadata.version('onnxruntime')} quantize_static", weights=weights, activations=activations,
+        calibration={"images": int(len(calibration)), "method": CALIBRATION_METHOD},
+        quantized_op_types=dict(quantized), float_ops=dict(float_ops), float_ops_rule=FLOAT_OPS_RULE,
+        details={"format": "QDQ", "cpu": choice["cpu"], "activation_type": choice["activations"],
+                 "reduce_range": choice["reduce_range"], "stem_channels_padded": padded})
+
+
+def _calibration_reader(input_name: str, calibration: np.ndarray, batch: int | None):
+    """onnxruntime's calibration data reader over the images: the model's own fixed batch at a time (the last
+    one wrapping around to the first images), or CALIBRATION_BATCH of a dynamic one."""
+    from onnxruntime.quantization import CalibrationDataReader
+
     images = np.ascontiguousarray(calibration, dtype=np.float32)
     step = batch or CALIBRATION_BATCH
     if batch is not None and len(images) % batch:
@@ -144,47 +154,13 @@ def _quantize(model_proto, path: Path, calibration: np.ndarray, batch: int | Non
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.start = 0
+            self.batches = iter(range(0, len(images), step))
 
         def get_next(self):
-            if self.start >= len(images):
-                return None
-            chunk = images[self.start:self.start + step]
-            self.start += step
-            return {input_name: chunk}
+            start = next(self.batches, None)
+            return None if start is None else {input_name: images[start:start + step]}
 
-    with tempfile.TemporaryDirectory(prefix="mnv4-onnx-int8-") as scratch:
-        float_path, prepared_path = Path(scratch) / "float.onnx", Path(scratch) / "prepared.onnx"
-        onnx.save_model(model_proto, float_path)
-        quant_pre_process(str(float_path), str(prepared_path))
-        quantize_static(str(prepared_path), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=choice["reduce_range"], activation_type=activation_type,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod[CALIBRATION_METHOD],
-                        extra_options=dict(QUANTIZE_OPTIONS))
-    quantized, float_ops = _op_arithmetic(onnx.load(str(path)))
-    activations = (f"{choice['activations']} per tensor, asymmetric, {CALIBRATION_METHOD} over "
-                   f"{len(calibration)} images")
-    weights = "int8 per output channel, symmetric" + (" (7-bit range)" if choice["reduce_range"] else "")
-    return {
-        "recipe": (f"onnxruntime quantize_static QDQ, weights {weights}, activations {activations}, "
-                   f"reduce_range {'on' if choice['reduce_range'] else 'off'} ({choice['cpu']})"),
-        "tool": f"onnxruntime {metadata.version('onnxruntime')} quantize_static",
-        "format": "QDQ",
-        "weights": weights,
-        "activations": activations,
-        "calibration_method": CALIBRATION_METHOD,
-        "calibration_images": int(len(calibration)),
-        "cpu": choice["cpu"],
-        "activation_type": choice["activations"],
-        "reduce_range": choice["reduce_range"],
-        "stem_channels_padded": padded,
-        "quantized_ops": sum(quantized.values()),
-        "quantized_op_types": dict(sorted(quantized.items())),
-        "float_ops": dict(sorted(float_ops.items())),
-        "float_ops_rule": ("ops of the written graph other than QuantizeLinear/DequantizeLinear whose float inputs "
-                           "do not all come from a DequantizeLinear or whose output is not only read by a "
-                           "QuantizeLinear (the others onnxruntime runs as integer kernels)"),
-    }
+    return Reader()
 
 
 def _global_pools(model_proto) -> None:

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifact.formats import FORMATS
-from ..errors import MissingExtraError, MNV4Error, UnsupportedOptionError
+from ..artifact.facts import ArtifactFacts, Interface, Quantization
+from ..artifact.options import ArtifactOptions
+from ..artifact.precisions import FP16, INT8, INT8_WEIGHTS
+from ..errors import MissingExtraError, MNV4Error
 from .program import mobile_program
 
 TOOLCHAIN = ("torch", "litert-torch", "ai-edge-litert", "ai-edge-quantizer")
@@ -27,7 +29,7 @@ TOOLCHAIN = ("torch", "litert-torch", "ai-edge-litert", "ai-edge-quantizer")
 # unquantized (a QUANTIZE and a DEQUANTIZE at the edges).
 INT8_RECIPE = ("ai-edge-quantizer static_wi8_ai8 on litert-torch's float32 model: int8 weights per-channel "
                "symmetric, int8 activations per-tensor asymmetric, min/max calibration")
-INT8_WEIGHTS = "int8 per output channel, symmetric (zero point 0)"
+INT8_WEIGHT_SCHEME = "int8 per output channel, symmetric (zero point 0)"
 INT8_ACTIVATIONS = "int8 per tensor, asymmetric; range = min and max over the calibration images"
 # int8-weights: dynamic range quantization (litert-torch's dynamic recipe, ai-edge-quantizer's dynamic_wi8
 # underneath): the file keeps float32 activations; convolutions and the classifier hold int8 weights and
@@ -36,14 +38,16 @@ DYNAMIC_RECIPE = ("litert-torch full_dynamic_recipe (ai-edge-quantizer dynamic r
                   "symmetric, float32 activations quantized on the fly by the hybrid kernels")
 DYNAMIC_ACTIVATIONS = ("float32 in the file; the hybrid kernels of the int8-weight ops quantize their input to int8 "
                        "on the fly (per image), the other ops compute in float32")
+FLOAT_OPS_RULE = ("an op computes in float when any of its non-constant inputs or outputs is float; a float op with "
+                  "int8 constant weights is a dynamic range (hybrid) op and counts as int8; the QUANTIZE and "
+                  "DEQUANTIZE of float I/O are edges, not ops")
 _FLOAT_TYPES = ("FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16")
 _INTEGER_ACTIVATION_TYPES = ("INT8", "UINT8", "INT16", "INT4")
 
 
-def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precision: str = "fp32",
-           dynamic_batch: bool = False, nhwc: bool = False, calibration: np.ndarray | None = None,
-           int8_io: bool = False) -> dict:
-    """Write `model` as a .tflite file at `path`; returns the facts for the manifest.
+def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: ArtifactOptions,
+           calibration: np.ndarray | None = None) -> ArtifactFacts:
+    """Write `model` as a .tflite file at `path`; returns its facts.
 
     fp16 stores the convolution and linear weights in half precision and computes in float32
     (litert-torch's fp16 recipe: ai-edge-quantizer's float casting), so inputs and outputs stay
@@ -52,34 +56,53 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
     any batch: litert-torch 0.10 writes every shape and reshape constant for the example's batch, so
     the model is converted at two batches and the sizes that follow the batch are freed (`free_batch`).
 
-    int8 is full-integer static quantization calibrated on `calibration` (NCHW float32, preprocessed
-    like the model's inputs): every op computes in int8 and the input and output stay float32, with a
-    QUANTIZE and a DEQUANTIZE at the edges, unless `int8_io` makes them int8 tensors too (for NPUs),
-    whose scale and zero point the facts record. int8-weights is dynamic range quantization: int8
-    weights, float32 activations, no calibration.
+    int8 is full-integer static quantization calibrated on `calibration` (NCHW float32, preprocessed like the
+    model's inputs): every op computes in int8 and the input and output stay float32,
+    with a QUANTIZE and a DEQUANTIZE at the edges, unless `int8_io` makes them int8 tensors too (for NPUs),
+    whose scale and zero point the facts record. int8-weights is dynamic range quantization: int8 weights,
+    float32 activations, no calibration.
     """
-    FORMATS["tflite"].check(precision=precision, nhwc=nhwc, dynamic_batch=dynamic_batch, int8_io=int8_io)
-    if precision == "int8":
-        calibration = _checked_calibration(calibration, example)
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise MissingExtraError("TFLite export", "tflite") from None
+
+    path.write_bytes(_flatbuffer(model, example, options, calibration))
+    # Describe the input and output as the written file declares them.
+    interpreter = Interpreter(model_path=str(path))
+    (model_input,), (model_output,) = interpreter.get_input_details(), interpreter.get_output_details()
+    quantized = {"input_quantization": tensor_quantization(model_input),
+                 "output_quantization": tensor_quantization(model_output)} if options.int8_io else {}
+    interface = Interface(model_input["name"], "NHWC" if options.nhwc else "NCHW",
+                          [int(size) for size in model_input["shape_signature"]], model_input["dtype"].__name__,
+                          model_output["name"], model_output["dtype"].__name__, **quantized)
+    precision = options.precision_row
+    return ArtifactFacts(interface, precision.weights_dtype, precision.compute_dtype,
+                         {package: metadata.version(package) for package in TOOLCHAIN},
+                         quantization=_quantization(path, options, calibration, len(example)) if precision.quantized
+                         else None)
+
+
+def _flatbuffer(model: torch.nn.Module, example: torch.Tensor, options: ArtifactOptions,
+                calibration: np.ndarray | None) -> bytes:
+    """The converted (and quantized) model, its batch freed where the options ask."""
     try:
         import litert_torch
-        from ai_edge_litert.interpreter import Interpreter
         from litert_torch.generative.quantize import quant_recipes
     except ImportError:
         raise MissingExtraError("TFLite export", "tflite") from None
 
-    quant_config = {"fp16": quant_recipes.full_fp16_recipe,
-                    "int8-weights": quant_recipes.full_dynamic_recipe}.get(precision, lambda: None)()
+    quant_config = {FP16: quant_recipes.full_fp16_recipe,
+                    INT8_WEIGHTS: quant_recipes.full_dynamic_recipe}.get(options.precision_row, lambda: None)()
     # litert-torch prints its own progress on stdout, where it would corrupt `mnv4 export --json`.
     litert_torch.config.show_progress = False
-
-    source = litert_torch.to_channel_last_io(model, args=[0]).eval() if nhwc else model.eval()
+    source = litert_torch.to_channel_last_io(model, args=[0]).eval() if options.nhwc else model.eval()
 
     def convert(sample: torch.Tensor) -> bytes:
-        if nhwc:
+        if options.nhwc:
             sample = sample.permute(0, 2, 3, 1).contiguous()
         module = source
-        if dynamic_batch:
+        if options.dynamic_batch:
             # Attention's broadcast matmul as one bmm: litert-torch writes the broadcast as a BROADCAST_TO
             # whose shape holds the batch. (Not for fixed batches: at batch 1 litert-torch 0.10 turns that
             # bmm into a FULLY_CONNECTED that fails to prepare.)
@@ -91,62 +114,32 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, precisi
         with _quiet() if quant_config else contextlib.nullcontext():
             return bytes(litert_torch.convert(module, (sample,), quant_config=quant_config).model_content())
 
-    flatbuffer = convert(example)
-    calibrated = None
-    if precision == "int8":
-        samples = calibration.transpose(0, 2, 3, 1) if nhwc else calibration
-        flatbuffer, calibrated = quantize_static(flatbuffer, samples, int8_io)
-    if dynamic_batch:
+    flatbuffer, calibrated = convert(example), None
+    if options.precision_row is INT8:
+        samples = calibration.transpose(0, 2, 3, 1) if options.nhwc else calibration
+        flatbuffer, calibrated = quantize_static(flatbuffer, np.ascontiguousarray(samples), options.int8_io)
+    if options.dynamic_batch:
         at_next_batch = convert(torch.cat([example, example[:1]]))
-        if precision == "int8":
+        if options.precision_row is INT8:
             # The same ranges for both, so that the two files differ by the batch alone.
-            at_next_batch, _ = quantize_static(at_next_batch, None, int8_io, calibrated)
+            at_next_batch, _ = quantize_static(at_next_batch, None, options.int8_io, calibrated)
         flatbuffer = free_batch(flatbuffer, at_next_batch, len(example))
-    path.write_bytes(flatbuffer)
-
-    # Describe the input and output as the written file declares them.
-    interpreter = Interpreter(model_path=str(path))
-    (model_input,), (model_output,) = interpreter.get_input_details(), interpreter.get_output_details()
-    facts = {
-        "toolchain": {package: metadata.version(package) for package in TOOLCHAIN},
-        "input_name": model_input["name"],
-        "input_layout": "NHWC" if nhwc else "NCHW",
-        "input_shape": [int(size) for size in model_input["shape_signature"]],
-        "input_dtype": model_input["dtype"].__name__,
-        "output_dtype": model_output["dtype"].__name__,
-        "weights_dtype": {"fp16": "float16", "int8": "int8", "int8-weights": "int8"}.get(precision, "float32"),
-        "compute_dtype": "int8" if precision == "int8" else "float32",
-    }
-    if int8_io:
-        facts["input_quantization"] = tensor_quantization(model_input)
-        facts["output_quantization"] = tensor_quantization(model_output)
-    if precision in ("int8", "int8-weights"):
-        census = op_census(path.read_bytes())
-        if precision == "int8":
-            facts["quantization"] = {
-                "recipe": INT8_RECIPE, "weights": INT8_WEIGHTS, "activations": INT8_ACTIVATIONS,
-                "calibration": {"images": len(calibration), "batch": len(example), "method": "min/max"},
-                "io": ("int8 (scale and zero point in input_quantization and output_quantization)" if int8_io
-                       else "float32 (QUANTIZE/DEQUANTIZE at the edges)"),
-                **census}
-        else:
-            facts["quantization"] = {
-                "recipe": DYNAMIC_RECIPE, "weights": INT8_WEIGHTS, "activations": DYNAMIC_ACTIVATIONS,
-                "io": "float32", **census}
-    return facts
+    return flatbuffer
 
 
-def _checked_calibration(calibration, example: torch.Tensor) -> np.ndarray:
-    """The calibration images as float32 NCHW of the example's image shape, or a one-line refusal."""
-    if calibration is None:
-        raise UnsupportedOptionError("TFLite int8 export needs calibration images (none were given)")
-    calibration = np.ascontiguousarray(calibration, dtype=np.float32)
-    if calibration.ndim != 4 or calibration.shape[1:] != tuple(example.shape[1:]) or not len(calibration):
-        raise MNV4Error(f"TFLite int8 calibration images must be an (N, {', '.join(map(str, example.shape[1:]))}) "
-                        f"array, not {calibration.shape}")
-    if not np.isfinite(calibration).all():
-        raise MNV4Error("TFLite int8 calibration images contain NaN or infinite values")
-    return calibration
+def _quantization(path: Path, options: ArtifactOptions, calibration: np.ndarray | None, batch: int) -> Quantization:
+    """What the quantization did, read back from the written file's operators."""
+    quantized, float_ops, details = op_census(path.read_bytes())
+    tool = (f"ai-edge-quantizer {metadata.version('ai-edge-quantizer')}, litert-torch "
+            f"{metadata.version('litert-torch')}")
+    if options.precision_row is INT8:
+        io = ("int8 (scale and zero point in input_quantization and output_quantization)" if options.int8_io
+              else "float32 (QUANTIZE/DEQUANTIZE at the edges)")
+        return Quantization(INT8_RECIPE, tool, INT8_WEIGHT_SCHEME, INT8_ACTIVATIONS,
+                            {"images": len(calibration), "method": "min/max", "batch": batch},
+                            quantized, float_ops, FLOAT_OPS_RULE, {"io": io, **details})
+    return Quantization(DYNAMIC_RECIPE, tool, INT8_WEIGHT_SCHEME, DYNAMIC_ACTIVATIONS, None, quantized, float_ops,
+                        FLOAT_OPS_RULE, {"io": "float32", **details})
 
 
 def quantize_static(float_flatbuffer: bytes, samples: np.ndarray | None, int8_io: bool, calibrated=None):
@@ -214,8 +207,9 @@ def tensor_quantization(detail: dict) -> dict:
     return {"dtype": detail["dtype"].__name__, "scale": scale, "zero_point": zero_point}
 
 
-def op_census(flatbuffer: bytes) -> dict:
-    """What computes in which type, read from the file's main graph.
+def op_census(flatbuffer: bytes) -> tuple[Counter, Counter, dict]:
+    """What computes in which type, read from the file's main graph: (int8 ops by name, float ops by name,
+    the counts of dynamic range ops and of I/O edges where there are some).
 
     An op computes in float when any of its non-constant inputs or outputs is float; in integer (int8)
     when they are all integer and one is int8 (or int16, uint8); a float op whose weights are int8
@@ -233,7 +227,7 @@ def op_census(flatbuffer: bytes) -> dict:
     def type_of(index: int) -> str:
         return type_names.get(graph.tensors[index].type, str(graph.tensors[index].type))
 
-    quantized, dynamic_range, edges, float_ops = 0, 0, Counter(), Counter()
+    quantized, dynamic_range, edges, float_ops = Counter(), 0, Counter(), Counter()
     for name, op in zip(_op_names(model), graph.operators):
         inputs, outputs = [i for i in op.inputs if i >= 0], [i for i in op.outputs if i >= 0]
         activations = [type_of(i) for i in inputs + outputs if not is_constant(i)]
@@ -243,17 +237,14 @@ def op_census(flatbuffer: bytes) -> dict:
             edges[name] += 1
         elif any(dtype in _FLOAT_TYPES for dtype in activations):
             if name not in ("QUANTIZE", "DEQUANTIZE") and "INT8" in constants:
+                quantized[name] += 1
                 dynamic_range += 1
             else:
                 float_ops[name] += 1
         elif any(dtype in _INTEGER_ACTIVATION_TYPES for dtype in activations):
-            quantized += 1
-    census = {"quantized_ops": quantized + dynamic_range, "float_ops": dict(sorted(float_ops.items()))}
-    if dynamic_range:
-        census["dynamic_range_ops"] = dynamic_range
-    if edges:
-        census["io_ops"] = dict(sorted(edges.items()))
-    return census
+            quantized[name] += 1
+    details = {"dynamic_range_ops": dynamic_range} if dynamic_range else {}
+    return quantized, float_ops, {**details, **({"io_ops": dict(sorted(edges.items()))} if edges else {})}
 
 
 def free_batch(at_batch: bytes, at_next_batch: bytes, batch: int) -> bytes:

@@ -78,15 +78,22 @@ def cache_dir() -> Path:
 
 def trained_fixture(variant: str, recipe: Recipe | None = None, progress=lambda message: None) -> Path:
     """The path of `variant` trained on the digits (from the cache, or trained now and cached)."""
+    from ..artifact.files import exclusive
+
+    recipe = recipe or Recipe(variant)
+    path = cache_dir() / f"{TASK}-{variant}-r{recipe.resolution}-{recipe.key()}.safetensors"
+    with exclusive(path):  # concurrent processes (two test workers, two shells) train it once
+        if not path.is_file():
+            _train_and_save(variant, recipe, path, progress)
+    return path
+
+
+def _train_and_save(variant: str, recipe: Recipe, path: Path, progress) -> None:
     from safetensors.torch import save_file
 
     from ..artifact.files import partial_path, publish, remove_artifact
     from .factory import create_model
 
-    recipe = recipe or Recipe(variant)
-    path = cache_dir() / f"{TASK}-{variant}-r{recipe.resolution}-{recipe.key()}.safetensors"
-    if path.is_file():
-        return path
     torch.manual_seed(recipe.seed)  # the initialisation
     model = create_model(variant, num_classes=CLASSES)
     preprocessing = model.preprocessing.at(recipe.resolution)
@@ -97,13 +104,12 @@ def trained_fixture(variant: str, recipe: Recipe | None = None, progress=lambda 
                 "recipe": json.dumps(asdict(recipe))}
     state = {key: value.contiguous() for key, value in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(path)  # concurrent test processes may train the same fixture
+    partial = partial_path(path)
     try:
         save_file(state, str(partial), metadata=metadata)
         publish(partial, path)
     finally:
         remove_artifact(partial)
-    return path
 
 
 def _train(model: torch.nn.Module, training: Split, recipe: Recipe, progress) -> None:

@@ -24,7 +24,7 @@ class Runner(ABC):
     # False for a runner whose speed says nothing of the runtime's (an interpreter standing in for it).
     measures_latency: bool = True
     # Set where the runtime was asked to compute in another precision than the artifact's own ("float16": LiteRT's
-    # xnnpack_fp16), which decides the parity limits (parity.tolerance_for); None: as the manifest records.
+    # xnnpack_fp16), which decides the parity limits (precisions.limits_for); None: as the manifest records.
     compute_dtype: str | None = None
 
     def __init__(self, path: str | Path, threads: int = 1):

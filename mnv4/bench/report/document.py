@@ -4,6 +4,7 @@ same blocks as Markdown and as HTML."""
 from __future__ import annotations
 
 from ...artifact.formats import TORCH
+from ...artifact.precisions import FP32
 from ..plan import TORCH_RUNTIMES
 from ..results import describe_row, machine_labels, summary_rows
 from .plots import ZERO_ERROR, cuda_sweeps, latency_figure, parity_figure, smallest_batch, throughput_figure
@@ -122,7 +123,7 @@ def _ms_per_image(row: dict) -> float:
 
 def _fastest_table(fastest: dict[tuple, dict], rows: list[dict]) -> tuple:
     eager_medians = {(row["device"], row["threads"], row["batch"]): row["latency_ms"]["median"] for row in rows
-                     if (row["format"], row["runtime"], row["precision"]) == (TORCH, TORCH_RUNTIMES["eager"], "fp32")
+                     if (row["format"], row["runtime"], row["precision"]) == (TORCH, TORCH_RUNTIMES["eager"], FP32.name)
                      and row["latency_ms"] is not None}
     cells = []
     for row in fastest.values():

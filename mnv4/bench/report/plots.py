@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from ...artifact.formats import FORMATS, TORCH, TORCH_COLOR
-from ...artifact.parity import THRESHOLDS
+from ...artifact.precisions import LIMITS
 from .text import significant
 
 FORMAT_COLORS = {**{name: row.color for name, row in FORMATS.items()}, TORCH: TORCH_COLOR}
@@ -79,7 +79,7 @@ def parity_figure(rows: list[dict], variant: str, several_machines: bool):
         axes.scatter(max(error, ZERO_ERROR), row["latency_ms"]["median"], marker=marker, s=45, edgecolors=color,
                      facecolors="none" if row["source"] == "timm" else color, linewidths=1.5)
     for tolerance in dict.fromkeys(row["parity"]["tolerance"] for row in rows):
-        limit = THRESHOLDS.get(tolerance, {}).get("rel_err")
+        limit = LIMITS[tolerance].rel_err if tolerance in LIMITS else None
         if limit is not None:
             axes.axvline(limit, color="#888888", linestyle="--", linewidth=1)
             axes.annotate(f"{tolerance} limit", (limit, 1), xycoords=("data", "axes fraction"), rotation=90,

@@ -1,0 +1,58 @@
+"""What several commands share: their options, declared once as `Annotated` types, and small helpers."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..artifact.options import OPTIONS
+from ..errors import MissingExtraError, MNV4Error
+
+VARIANT_HELP = "Model variant (see `mnv4 info --help`): conv_small, conv_medium, conv_large, hybrid_medium, ..."
+XNNPACK_FP16_HELP = ("TFLite: XNNPACK computes in float16 where the CPU has float16 arithmetic (as phones do); "
+                     "judged by the float16-arithmetic limits.")
+
+Variant = Annotated[str, typer.Option("--variant", "-v", help=VARIANT_HELP)]
+Resolution = Annotated[int | None, typer.Option("--resolution", "-r", help=OPTIONS["resolution"].help)]
+Weights = Annotated[Path | None, typer.Option("--weights", "-w", help="A checkpoint (.safetensors/.pth/.bin).")]
+Threads = Annotated[int, typer.Option("--threads", help="Runtime threads (1 to 256).")]
+Verbose = Annotated[bool, typer.Option(
+    "--verbose", help="Show the toolchains' and runtimes' own output (shown anyway when a step fails).")]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+XnnpackFp16 = Annotated[bool, typer.Option("--xnnpack-fp16", help=XNNPACK_FP16_HELP)]
+Artifact = Annotated[Path, typer.Argument(help="An exported artifact with its manifest beside it.")]
+Top = Annotated[int, typer.Option("--top", "-k", min=1, help="How many classes to print.")]
+OutputDir = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where results and reports go.")]
+
+
+def require_torch(command: str, instead: str = "") -> None:
+    """A command that builds the PyTorch model, refused in one line on a runtime-only install (mnv4[runtime]),
+    saying what to use `instead` where there is something."""
+    from ..extras import torch_installed
+
+    if not torch_installed():
+        raise MissingExtraError(f"PyTorch, which {command} needs,", "torch", instead)
+
+
+def check_threads(threads: int) -> int:
+    OPTIONS["threads"].check_value(threads)
+    return threads
+
+
+def parse_list(text: str, convert=str) -> tuple:
+    """A comma-separated option value as a tuple; a value that does not convert is a one-line error."""
+    try:
+        return tuple(convert(part.strip()) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise MNV4Error(f"expected a comma-separated list of numbers, got {text!r}") from None
+
+
+def runner_options(xnnpack_fp16: bool) -> dict:
+    """The runner keywords that options ask for (only those set, so every runner takes them)."""
+    return {"xnnpack_fp16": True} if xnnpack_fp16 else {}
+
+
+def stderr_lines(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(line, err=True)

@@ -1,0 +1,67 @@
+"""The one verification path of `mnv4 export`, `mnv4 verify` and the bench: an artifact run in its own runtime and
+judged against its reference (`artifact.parity.judge`). `export` computes the reference with the model in memory
+and stores it beside the artifact; `mnv4 verify` judges by that stored reference, or rebuilds it from the model the
+manifest names (`verify_manifest`)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ..artifact.manifest import Manifest
+from ..artifact.parity import MAX_TOP1_LOSS_POINTS, judge
+from ..artifact.precisions import Limits, limits_for
+from ..artifact.reference import Reference, read_reference
+from ..errors import MissingExtraError, MNV4Error, PlatformUnsupportedError
+from ..extras import torch_installed
+from ..runtimes import load
+
+REFERENCE_SOURCES = ("auto", "stored", "model")
+
+
+def verify_artifact(artifact: Path, reference: Reference, limits: Limits, batch_sizes, threads: int,
+                    runner_factory: Callable | None = None, max_loss_points: float = MAX_TOP1_LOSS_POINTS) -> dict:
+    """Parity of `artifact`, run by `runner_factory` (default: the runner `mnv4.runtimes` picks for it)."""
+    try:
+        candidate = load(artifact, threads=threads, runner=runner_factory)
+    except PlatformUnsupportedError as error:
+        return not_executed(error)
+    return judge(reference, candidate, limits, tuple(batch_sizes), max_loss_points)
+
+
+def not_executed(error: PlatformUnsupportedError) -> dict:
+    """The parity record of an artifact that cannot run on this platform: never a pass."""
+    return {"passed": None, "status": f"not executed on this platform: {error}"}
+
+
+def verify_manifest(artifact: Path, manifest: Manifest, weights: Path | None = None, threads: int = 1,
+                    max_loss_points: float | None = None, reference: str = "auto", **runner_options) -> dict:
+    """Parity of an exported artifact at the batches it was verified at on export and with the limits of its
+    precision (float16 ones where its runner computes in float16), against its `reference`: "stored" (beside
+    the manifest), "model" (rebuilt from the model the manifest names, or from `weights`), or "auto" (the
+    stored one where there is one and no `weights` were given). The fixture's accuracy bound is
+    `max_loss_points`, else the one it was exported with."""
+    if reference not in REFERENCE_SOURCES:
+        raise MNV4Error(f"--reference must be one of {', '.join(REFERENCE_SOURCES)}, not {reference!r}")
+    if reference == "stored" and weights is not None:
+        raise MNV4Error("--weights rebuilds the reference from the model: it goes with --reference model (or auto)")
+    try:
+        candidate = load(artifact, threads=threads, **runner_options)  # first: a damaged file is refused early
+    except PlatformUnsupportedError as error:
+        return not_executed(error)
+    if reference == "auto":
+        reference = "model" if weights is not None or (manifest.reference is None and torch_installed()) else "stored"
+    if reference == "stored":
+        expected = read_reference(artifact, manifest.reference)
+    elif not torch_installed():
+        raise MissingExtraError("PyTorch (to rebuild the reference from the model)", "torch")
+    else:
+        from .reference import compute_reference, manifest_model
+
+        model, preprocessing = manifest_model(artifact, manifest, weights)
+        expected = compute_reference(model, preprocessing, threads, max(manifest.verify_batches))
+    if max_loss_points is None:
+        max_loss_points = manifest.parity.get("task", {}).get("max_top1_loss_points", MAX_TOP1_LOSS_POINTS)
+    limits = limits_for(manifest.precision, getattr(candidate, "compute_dtype", None) or manifest.compute_dtype)
+    parity = judge(expected, candidate, limits, tuple(manifest.verify_batches), max_loss_points)
+    return {**parity, "reference_source": "stored beside the manifest" if reference == "stored" else "rebuilt from the model",
+            "execution": candidate.execution()}
