@@ -17,6 +17,7 @@ INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
 _PIL_INTERPOLATION = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+INTERPOLATIONS = tuple(_PIL_INTERPOLATION)
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,29 @@ def load_image(path: str | Path) -> Image.Image:
         raise MNV4Error(f"cannot read image {path}: it is a directory")
     try:
         image = Image.open(path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # SyntaxError: some broken files
+        raise MNV4Error(f"cannot read image {path}: {error}") from None
+    _check_proportions(image, path)  # from the header, before the pixels are decoded
+    try:
         image.load()
         image = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError) as error:  # PIL raises SyntaxError for some broken files
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise MNV4Error(f"cannot read image {path}: {error}") from None
     return _as_rgb(image, path)
+
+
+# The eval transform scales an image's short side to the resolution: a long thin image grows without bound (a
+# 1 x 300000 px PNG of 957 bytes would need 7 GB), and no classifier sees anything in a sliver. Panoramas pass.
+MAX_ASPECT_RATIO = 32
+
+
+def _check_proportions(image: Image.Image, path: Path) -> None:
+    from .errors import MNV4Error
+
+    width, height = image.size
+    if not width or not height or max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise MNV4Error(f"cannot classify image {path}: it is {width} x {height} px, more than {MAX_ASPECT_RATIO} times "
+                        f"longer than wide; crop it to the part to classify")
 
 
 # Pillow's modes of one channel wider than 8 bits, which convert("RGB") clips at 255 instead of scaling.

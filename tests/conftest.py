@@ -215,6 +215,18 @@ def copy_artifact(source: Path, folder: Path, reference: bool = True) -> Path:
     return target
 
 
+def rewrite_manifest(artifact: Path, change) -> dict:
+    """Apply `change` (a function of the manifest's document) and seal the result as an export would: for tests whose
+    point is what comes after the manifest check (a runtime's own refusal, a verdict on another reference)."""
+    from mnv4.artifact.manifest import manifest_path, sealed
+
+    document = read_json(manifest_path(artifact))
+    change(document)
+    document = sealed({key: value for key, value in document.items() if key != "integrity"})
+    manifest_path(artifact).write_text(json.dumps(document))
+    return document
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 

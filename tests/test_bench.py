@@ -10,7 +10,7 @@ import json
 import os
 
 import pytest
-from conftest import assert_one_line_error, copy_artifact, run_cli, trained
+from conftest import assert_one_line_error, copy_artifact, rewrite_manifest, run_cli, trained
 
 from mnv4.artifact.reference import Reference, read_reference
 from mnv4.bench.plan import BenchOptions, plan
@@ -127,16 +127,14 @@ def test_strict_fails_on_a_parity_breach_and_still_writes_the_results(store, tmp
     import numpy as np
 
     from mnv4.artifact.files import sha256
-    from mnv4.artifact.manifest import manifest_path, read_manifest
+    from mnv4.artifact.manifest import read_manifest
     from mnv4.artifact.reference import reference_path
 
     impostor = copy_artifact(store.get("onnx", dynamic_batch=True), tmp_path / "artifacts")
-    stored = read_reference(impostor, read_manifest(impostor).reference)
+    stored = read_reference(impostor, read_manifest(impostor))
     Reference(stored.inputs, stored.photos, np.roll(stored.pytorch_fp32, 1, axis=1),
               np.roll(stored.float64, 1, axis=1)).write(impostor)
-    manifest = json.loads(manifest_path(impostor).read_text())
-    manifest["reference"]["sha256"] = sha256(reference_path(impostor))
-    manifest_path(impostor).write_text(json.dumps(manifest))
+    rewrite_manifest(impostor, lambda manifest: manifest["reference"].update(sha256=sha256(reference_path(impostor))))
     result = cli("bench-artifacts", impostor.parent, "--warmup", 0, "--iterations", 1, "--strict",
                  "--output-dir", tmp_path / "out")
     assert result.returncode == 1, result.stderr

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, copy_artifact, missing_system_part, run_cli
+from conftest import assert_one_line_error, copy_artifact, missing_system_part, rewrite_manifest, run_cli
 
 from mnv4.artifact.manifest import manifest_path
 from mnv4.artifact.reference import reference_path
@@ -80,8 +80,7 @@ def test_refuses_a_cpu_without_a_shipped_cpuinfo(cli, as_root, onnx_artifact):
 def test_refuses_a_format_whose_arm_runtime_needs_torch(cli, onnx_artifact, tmp_path):
     """An ExecuTorch artifact (here an ONNX file's manifest and reference relabelled, which is all the refusal reads)."""
     program = copy_as(onnx_artifact, tmp_path, "conv_small.pte")
-    manifest = json.loads(manifest_path(program).read_text())
-    manifest_path(program).write_text(json.dumps({**manifest, "format": "executorch"}))
+    rewrite_manifest(program, lambda manifest: manifest.update(format="executorch"))
     assert_one_line_error(cli("emulate", "arm64", program), "executorch artifacts cannot run emulated",
                           "only onnx, tflite")
 

@@ -8,10 +8,8 @@ import sys
 
 import pytest
 import torch
-from conftest import assert_one_line_error, copy_artifact, manifest_of, seeded
+from conftest import assert_one_line_error, copy_artifact, manifest_of, rewrite_manifest, seeded
 from PIL import Image
-
-from mnv4.artifact.manifest import manifest_path
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +55,7 @@ def test_verify_passes_then_fails_with_exit_1_when_the_reference_changes(artifac
     assert json.loads(result.stdout)["passed"] is True
     # The same artifact judged against other weights (seed 1), rebuilt from the model, must fail, with exit code 1:
     # the FAIL verdict, then one error line.
-    manifest = manifest_of(copy)
-    manifest["weights"]["seed"] = 1
-    manifest_path(copy).write_text(json.dumps(manifest))
+    rewrite_manifest(copy, lambda manifest: manifest["weights"].update(seed=1))
     result = cli("verify", copy, "--reference", "model")
     assert result.returncode == 1, result.stderr
     verdict, error = result.stderr.strip().splitlines()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, copy_artifact, manifest_of, missing_system_part, run_cli
+from conftest import assert_one_line_error, copy_artifact, manifest_of, missing_system_part, rewrite_manifest, run_cli
 from PIL import Image
 
 from mnv4.artifact.files import partial_path, sha256
@@ -97,9 +97,7 @@ def test_a_damaged_artifact_is_one_line_and_exit_2(fmt, damage, artifacts, cat_p
     artifact = copy_artifact(artifacts[fmt], tmp_path)
     {**DAMAGES, **COREML_DAMAGES}[damage](artifact)
     # The manifest is made to agree with the damaged file, so that the runtime itself must refuse it.
-    manifest = manifest_of(artifact)
-    manifest["sha256"] = sha256(artifact)
-    manifest_path(artifact).write_text(json.dumps(manifest))
+    rewrite_manifest(artifact, lambda manifest: manifest.update(sha256=sha256(artifact)))
     for result in (cli("verify", artifact), cli("run", artifact, cat_photo)):
         assert_one_line_error(result, "cannot", code=2)
         assert "PASS" not in result.stdout + result.stderr
@@ -119,7 +117,7 @@ def test_run_and_verify_name_the_key_a_manifest_lacks(artifacts, cat_photo, tmp_
     del manifest["preprocessing"]["mean"]
     manifest_path(artifact).write_text(json.dumps(manifest))
     for result in (cli("verify", artifact), cli("run", artifact, cat_photo)):
-        assert_one_line_error(result, "missing the key 'preprocessing.mean'", str(manifest_path(artifact)))
+        assert_one_line_error(result, f"manifest {manifest_path(artifact)} (preprocessing) is missing the key 'mean'")
 
 
 def wide_png(path: Path, pixels: np.ndarray) -> None:
@@ -226,12 +224,12 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(small_disk, cli):
 def test_a_read_only_disk_is_one_line_before_any_work(small_disk, cli):
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     assert_one_line_error(cli("export", "--format", "onnx", "--output", small_disk / "m.onnx"),
-                          "cannot write to", "read-only")
+                          "cannot write to the folder", "Read-only file system")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_during_export_cleans_up_the_partial_file(signum, tmp_path):
-    """A fresh process, since the signal is the point."""
+    """A fresh process, since the signal is the point (SIGHUP: a closed terminal, a dropped ssh session)."""
     output = tmp_path / "m.onnx"
     process = subprocess.Popen([sys.executable, "-m", "mnv4", "export", "--format", "onnx", "--resolution", "64",
                                 "--output", str(output)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -9,7 +9,7 @@ MNV4 = Path(__file__).resolve().parents[1] / "mnv4"
 # Each unit (a top-level module or a subpackage) and its layer: a unit imports units of lower layers only.
 LAYERS = {
     "errors": 0,
-    "cache": 1, "cpu": 1, "extras": 1, "chatter": 1, "data": 1,
+    "cache": 1, "cpu": 1, "extras": 1, "chatter": 1, "data": 1, "text": 1,
     "artifact": 2, "calibration": 2,
     "model": 3, "emulation": 3,
     "runtimes": 4,

@@ -137,7 +137,7 @@ def test_invalid_json_is_refused_in_one_line(tmp_path):
     path.write_text('{"schema": "mnv4-bench/1",')
     with pytest.raises(MNV4Error) as excinfo:
         load_results(path)
-    assert one_line_error(excinfo).startswith(f"{path}: not valid JSON (line 1")
+    assert one_line_error(excinfo).startswith(f"results file {path} is not valid JSON (line 1")
 
 
 def test_a_row_without_status_is_refused_naming_the_row(tmp_path, linux):
@@ -146,7 +146,7 @@ def test_a_row_without_status_is_refused_naming_the_row(tmp_path, linux):
     path.write_text(json.dumps(linux))
     with pytest.raises(MNV4Error) as excinfo:
         load_results(path)
-    assert one_line_error(excinfo) == f"{path}: row 2: missing 'status'"
+    assert one_line_error(excinfo) == f"{path} (row 2) is missing the key 'status'"
 
 
 def test_a_row_that_did_not_run_needs_a_reason_and_nothing_is_written_without_one(tmp_path, linux):
@@ -155,13 +155,14 @@ def test_a_row_that_did_not_run_needs_a_reason_and_nothing_is_written_without_on
     linux["rows"][4]["reason"] = None
     with pytest.raises(MNV4Error) as excinfo:
         write_results(linux, path)
-    assert "row 4 (mnv4 executorch/executorch fp32 1 threads batch 1): status 'unavailable' needs a reason" in (
+    assert "(row 4: mnv4 executorch/executorch fp32 1 threads batch 1): status 'unavailable' needs a reason" in (
         one_line_error(excinfo))
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
 @pytest.mark.parametrize("index, change, problem", [
-    (1, {"status": "done"}, "status 'done' is not one of ok, parity-failed, failed, unavailable, latency-not-measured"),
+    (1, {"status": "done"}, "'status': 'done' (expected one of ok, parity-failed, failed, unavailable, "
+                            "latency-not-measured)"),
     (1, {"latency_ms": None}, "status 'ok' needs a latency_ms"),
     (6, {"latency_ms": latency(3.0)}, "status 'latency-not-measured' must not have a latency_ms"),
     (3, {"parity": None}, "status 'parity-failed' needs a parity"),
@@ -177,7 +178,7 @@ def test_the_same_configuration_twice_in_one_file_is_refused(tmp_path, linux):
     linux["rows"].append(dict(linux["rows"][1]))
     with pytest.raises(MNV4Error) as excinfo:
         write_results(linux, tmp_path / "results.json")
-    assert f"row {len(linux['rows']) - 1} (mnv4 onnx/onnxruntime fp32 1 threads batch 1) repeats row 1" in (
+    assert f"(row {len(linux['rows']) - 1}: mnv4 onnx/onnxruntime fp32 1 threads batch 1) repeats row 1" in (
         one_line_error(excinfo))
 
 

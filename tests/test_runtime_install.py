@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Result, assert_one_line_error, copy_artifact, manifest_of
+from conftest import Result, assert_one_line_error, copy_artifact, manifest_of, rewrite_manifest
 from PIL import Image
 
 from mnv4.artifact.files import sha256
@@ -50,7 +50,7 @@ def test_every_verified_export_stores_its_reference_and_size_beside_the_manifest
 def test_the_stored_inputs_are_the_verification_inputs(artifacts):
     path = artifacts["onnx"]
     manifest = read_manifest(path)
-    reference = read_reference(path, manifest.reference)
+    reference = read_reference(path, manifest)
     assert np.array_equal(reference.inputs, verification_inputs(manifest.preprocessing_spec()))
     assert reference.float64.dtype == np.float64 and reference.pytorch_fp32.dtype == np.float32
     assert reference.photos == 9 and reference.task is None
@@ -73,13 +73,11 @@ def test_verify_without_torch_gives_the_verdict_of_the_model_itself(artifacts, n
 def test_verify_without_torch_fails_an_artifact_that_computes_something_else(artifacts, tmp_path):
     # Judged by the reference of another model (its logits' classes rotated): exit 1, with the numbers.
     impostor = copy_artifact(artifacts["onnx"], tmp_path)
-    stored = read_reference(impostor, read_manifest(impostor).reference)
+    stored = read_reference(impostor, read_manifest(impostor))
     other = Reference(stored.inputs, stored.photos, np.roll(stored.pytorch_fp32, 1, axis=1),
                       np.roll(stored.float64, 1, axis=1))
     other.write(impostor)
-    manifest = json.loads(manifest_path(impostor).read_text())
-    manifest["reference"]["sha256"] = sha256(reference_path(impostor))
-    manifest_path(impostor).write_text(json.dumps(manifest))
+    rewrite_manifest(impostor, lambda manifest: manifest["reference"].update(sha256=sha256(reference_path(impostor))))
     result = run_without_torch("verify", impostor)
     assert result.returncode == 1, result.stderr
     summary, error = result.stderr.strip().splitlines()[-2:]
@@ -92,6 +90,7 @@ def test_an_artifact_of_other_classes_than_its_reference_is_refused(artifacts, t
     impostor = copy_artifact(artifacts["onnx"], tmp_path)
     shutil.copy(manifest_path(artifacts["fixture_int8"]), manifest_path(impostor))
     shutil.copy(reference_path(artifacts["fixture_int8"]), reference_path(impostor))
+    rewrite_manifest(impostor, lambda manifest: manifest.update(sha256=sha256(impostor)))  # past the file check
     assert_one_line_error(run_without_torch("verify", impostor), "gives 1000 logits per image where its reference has 10")
 
 
@@ -101,9 +100,7 @@ def test_verify_without_torch_refuses_a_missing_foreign_or_absent_reference(arti
                           "copy it with the artifact and its manifest")
     reference_path(missing).write_bytes(reference_path(artifacts["fixture_int8"]).read_bytes())
     assert_one_line_error(run_without_torch("verify", missing), "not the reference exported with", "sha256")
-    manifest = json.loads(manifest_path(missing).read_text())
-    manifest["reference"] = None  # as --no-verify exports it
-    manifest_path(missing).write_text(json.dumps(manifest))
+    rewrite_manifest(missing, lambda manifest: manifest.update(reference=None))  # as --no-verify exports it
     assert_one_line_error(run_without_torch("verify", missing), "has no stored reference", "mnv4[torch]")
     assert_one_line_error(run_without_torch("verify", artifacts["onnx"], "--reference", "model"),
                           "PyTorch", "is not installed", "mnv4[torch]")

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import copy_artifact, randomise_weights
+from conftest import assert_one_line_error, copy_artifact, randomise_weights
 from safetensors.torch import save_file
 
 import mnv4
@@ -83,9 +83,12 @@ def test_weights_altered_by_a_tenth_of_a_percent_fail_verify(fmt, options, alter
     before = sha256(artifact)
     alter(artifact)
     assert sha256(artifact) != before and manifest_path(artifact).exists()
-    result = cli("verify", artifact)
+    # Not what its export wrote: refused as it is; judged when the user says to take it as it is.
+    assert_one_line_error(cli("verify", artifact), "sha256 differs", "--allow-modified")
+    result = cli("verify", artifact, "--allow-modified")
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("warning: ") and "sha256 differs" in lines[0]
     assert any("FAIL: relative error" in line and "against float64, where PyTorch float32" in line for line in lines), \
         result.stderr
     assert lines[-1] == f"error: {artifact.name} fails parity" and "Traceback" not in result.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -63,13 +64,19 @@ def check_output(output: Path, artifact_format: Format, force: bool) -> None:
             kind = "a directory" if output.is_dir() else "a file"
             raise MNV4Error(f"{output} is {kind} that is not a {artifact_format.label} artifact; --force replaces "
                             f"only an artifact, so move it away first")
-    folder = output.parent
+    writable_folder(output.parent, "the folder")
+
+
+def writable_folder(folder: Path, what: str) -> Path:
+    """`folder`, created where it is not there, refused in one line where it cannot be written (a file in its
+    place, no permission, a read-only disk): checked before the work whose result goes there."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as error:
-        raise MNV4Error(f"cannot create the folder {folder}: {error.strerror or error}") from None
-    if not os.access(folder, os.W_OK):
-        raise MNV4Error(f"cannot write to {folder}: it is read-only or not yours")
+        raise MNV4Error(f"cannot write to {what} {folder}: {error.strerror or error}") from None
+    return folder
 
 
 def _is_artifact(path: Path, artifact_format: Format) -> bool:
@@ -123,8 +130,55 @@ def _umask() -> int:
     return mask
 
 
-def write_json_atomically(document: object, path: str | Path, default=None) -> Path:
-    return write_atomically((json.dumps(document, indent=2, default=default) + "\n").encode(), path)
+# A manifest or a results file is kilobytes; anything this large is not one.
+MAX_JSON_BYTES = 32 << 20
+
+
+def write_json_atomically(document: object, path: str | Path) -> Path:
+    """Write JSON as JSON allows it (see `plain`)."""
+    return write_atomically((json.dumps(plain(document), indent=2, allow_nan=False) + "\n").encode(), path)
+
+
+def plain(value):
+    """`value` as JSON holds it: numpy's numbers as Python's (a median from np.percentile, a count from np.int64),
+    and a number that is not finite (a NaN error, an infinite ratio) as None."""
+    if hasattr(value, "item") and not isinstance(value, (dict, list, tuple, str)):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
+def read_json(path: str | Path, what: str) -> object:
+    """The JSON document of a file mnv4 reads (`what`: "manifest", "results file"), or a one-line refusal naming
+    the file: unreadable, too large to be one, not UTF-8, not JSON, NaN or Infinity (not JSON either), nested too
+    deep to parse."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise MNV4Error(f"{what} {path} is {size} bytes, more than any {what} ({MAX_JSON_BYTES} bytes)")
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise MNV4Error(f"cannot read {what} {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise MNV4Error(f"{what} {path} is not UTF-8 text") from None
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except json.JSONDecodeError as error:
+        raise MNV4Error(f"{what} {path} is not valid JSON (line {error.lineno}: {error.msg})") from None
+    except ValueError as error:
+        raise MNV4Error(f"{what} {path} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise MNV4Error(f"{what} {path} is not valid JSON: nested too deeply") from None
+
+
+def _not_json(constant: str):
+    raise ValueError(f"it holds {constant}, which JSON has no place for")
 
 
 def write_atomically(data: bytes, path: str | Path) -> Path:
@@ -144,10 +198,10 @@ def write_atomically(data: bytes, path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def exclusive(path: str | Path) -> Iterator[None]:
+def exclusive(path: str | Path, busy: str | None = None) -> Iterator[None]:
     """Hold an exclusive lock named after `path` (`<path>.lock`, beside it) while building what goes there, so that
-    concurrent processes build it once: the others wait, then find it built. Where the OS has no flock (Windows),
-    nothing is locked."""
+    concurrent processes build it once: the others wait, then find it built. With `busy`, another holder is not
+    waited for: the error `busy` says so. Where the OS has no flock (Windows), nothing is locked."""
     try:
         import fcntl
     except ImportError:
@@ -156,8 +210,33 @@ def exclusive(path: str | Path) -> Iterator[None]:
     lock = Path(path).with_name(Path(path).name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
+        except BlockingIOError:
+            raise MNV4Error(busy) from None
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def claimed(folder: Path, what: str) -> Iterator[Path]:
+    """`folder`, writable, held by this run alone while it writes there: a run that shares it (the same
+    --output-dir) would read or overwrite another's intermediate files, so it is refused in one line. A claim this
+    process holds already (the CLI's, around the library's) is the same claim."""
+    key = Path(folder).resolve()
+    if key in _CLAIMED:
+        yield folder
+        return
+    writable_folder(folder, what)
+    with exclusive(folder / ".mnv4", busy=f"{what} {folder} is being written by another mnv4 run; wait for it to "
+                                          f"finish, or choose another"):
+        _CLAIMED.add(key)
+        try:
+            yield folder
+        finally:
+            _CLAIMED.discard(key)
+
+
+_CLAIMED: set[Path] = set()

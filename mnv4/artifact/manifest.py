@@ -2,28 +2,35 @@
 alone, and validated on read so that a damaged or foreign manifest is an error naming the file and the key.
 
 The JSON is flat: the fields below, then what the format's exporter recorded (`facts.ArtifactFacts`: input and
-output names, layout, shape and dtypes, quantization, delegation, opset, ...), then `parity`.
+output names, layout, shape and dtypes, quantization, delegation, opset, ...), then `parity`, then `integrity`.
 
 Schema 2 (mnv4 0.2) gave the exporters' records one form: `quantization` has the same keys in every format
 (`calibration.images` where schema 1 had `calibration_images` or nothing), with what only one format records under
-`quantization.details`; every interface has `input_kind` and `output_name`. Reading needs none of that, so schema 1
-manifests are still read."""
+`quantization.details`; every interface has `input_kind` and `output_name`. And it has `integrity`: the sha256 of
+everything else in the manifest, as the export wrote it, so that a manifest changed since (its preprocessing, its
+variant, its labels: what changes an answer) is refused unless the user says to take it as it is. Schema 1 manifests,
+which have no such record, are read on the same terms as a changed one."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..data import Preprocessing
+from ..data import INTERPOLATIONS, Preprocessing
 from ..errors import MNV4Error
-from .files import manifest_path, write_json_atomically
+from . import schema
+from .files import manifest_path, read_json, sha256, write_json_atomically
 from .formats import FORMATS
+from .options import MAX_BATCH, MAX_RESOLUTION, MIN_RESOLUTION
 from .parity import DYNAMIC_VERIFY_BATCHES
 from .precisions import ARTIFACT_PRECISIONS, Limits, limits_for
 
 SCHEMA = 2
 READABLE_SCHEMAS = (1, 2)
 DYNAMIC = "dynamic"  # the manifest's batch of an artifact whose batch axis is free
+MAX_CLASSES = 100_000
+CHANGED = ("pass --allow-modified to use it as it is, or export it again")
 
 
 @dataclass
@@ -48,6 +55,7 @@ class Manifest:
     facts: dict = field(default_factory=dict)  # the exporter's record of the artifact's interface
     parity: dict = field(default_factory=dict)
     schema: int = SCHEMA
+    modified: list[str] = field(default_factory=list)  # read: how it differs from what its export wrote
 
     @property
     def dynamic_batch(self) -> bool:
@@ -74,7 +82,7 @@ class Manifest:
     def as_dict(self) -> dict:
         document = {"schema": self.schema}
         document.update({f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_TOP_LEVEL})
-        return {**document, **self.facts, "parity": self.parity}
+        return sealed({**document, **self.facts, "parity": self.parity})
 
     def write(self, path: str | Path) -> Path:
         """Write the manifest of the artifact at `path` (beside it)."""
@@ -82,71 +90,122 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, document: object, source: str) -> Manifest:
-        if not isinstance(document, dict):
-            raise MNV4Error(f"manifest {source} is not a JSON object")
-        for key, check in _CHECKS.items():
-            if key not in document:
-                raise MNV4Error(f"manifest {source} is missing the key {key!r}")
-            if not check(document[key]):
-                raise MNV4Error(f"manifest {source} has a bad value for {key!r}: {document[key]!r}")
-        for key in _PREPROCESSING_KEYS:
-            if key not in document["preprocessing"]:
-                raise MNV4Error(f"manifest {source} is missing the key 'preprocessing.{key}'")
-        labels = document.get("labels")
-        if labels is not None and not (isinstance(labels, list) and len(labels) == document["num_classes"]
-                                       and all(isinstance(name, str) for name in labels)):
-            raise MNV4Error(f"manifest {source} has a bad value for 'labels': not {document['num_classes']} names")
+        """The manifest of a document that follows the schema (else a one-line MNV4Error naming `source` and the
+        key); `modified` says what differs from what its export wrote."""
+        where = f"manifest {source}"
+        schema.check(document, {"schema": schema.integer()}, where)
         if document["schema"] not in READABLE_SCHEMAS:
-            raise MNV4Error(f"manifest {source} has schema {document['schema']!r}; this mnv4 reads schemas "
+            raise MNV4Error(f"{where} has schema {document['schema']!r}; this mnv4 reads schemas "
                             f"{' and '.join(map(str, READABLE_SCHEMAS))}")
+        schema.check(document, _FIELDS, where, optional=_OPTIONAL)
+        _check_parts(document, where)
         named = {f.name for f in fields(cls)} - _NOT_TOP_LEVEL
         return cls(**{key: document[key] for key in named if key in document},
-                   facts={key: value for key, value in document.items() if key not in named | _NOT_TOP_LEVEL},
-                   parity=document.get("parity", {}), schema=document["schema"])
+                   facts={key: value for key, value in document.items()
+                          if key not in named | _NOT_TOP_LEVEL | {"integrity"}},
+                   parity=document.get("parity", {}), schema=document["schema"], modified=_changes(document))
 
 
-_NOT_TOP_LEVEL = {"facts", "parity", "schema"}
-_PREPROCESSING_KEYS = ("crop_pct", "interpolation", "mean", "std")
+_NOT_TOP_LEVEL = {"facts", "parity", "schema", "modified"}
 
 
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def integrity_of(document: dict) -> str:
+    """The sha256 of a manifest document without its integrity record, in JSON's canonical form."""
+    canonical = json.dumps({key: value for key, value in document.items() if key != "integrity"}, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-_CHECKS = {
-    "schema": lambda v: isinstance(v, int),
-    "format": lambda v: v in FORMATS,
-    "artifact": lambda v: isinstance(v, str) and bool(v),
-    "sha256": lambda v: isinstance(v, str) and len(v) == 64,
-    "bytes": lambda v: isinstance(v, int) and v >= 0,
-    "variant": lambda v: isinstance(v, str),
-    "resolution": _positive_int,
-    "batch": lambda v: v == DYNAMIC or _positive_int(v),
-    "precision": lambda v: v in ARTIFACT_PRECISIONS,
-    "num_classes": _positive_int,
-    "preprocessing": lambda v: isinstance(v, dict),
-    "weights": lambda v: isinstance(v, dict) and isinstance(v.get("kind"), str),
-    "versions": lambda v: isinstance(v, dict),
-    "export_seconds": lambda v: isinstance(v, (int, float)),
+def sealed(document: dict) -> dict:
+    """`document` with its integrity record."""
+    return {**document, "integrity": integrity_of(document)}
+
+
+def _changes(document: dict) -> list[str]:
+    if "integrity" not in document:
+        return ["it has no integrity record (an mnv4 before 0.2 wrote it)"]
+    if document["integrity"] != integrity_of(document):
+        return ["it was changed after export (its integrity record does not match what it says)"]
+    return []
+
+
+_TEXT = schema.text(256)
+_FIELDS = {
+    "format": schema.one_of(FORMATS),
+    "artifact": _TEXT,
+    "sha256": schema.SHA256,
+    "bytes": schema.integer(0),
+    "variant": _TEXT,
+    "resolution": schema.integer(MIN_RESOLUTION, MAX_RESOLUTION),
+    "batch": schema.one_of([DYNAMIC]) | schema.integer(1, MAX_BATCH),
+    "precision": schema.one_of(ARTIFACT_PRECISIONS),
+    "num_classes": schema.integer(1, MAX_CLASSES),
+    "preprocessing": schema.OBJECT,
+    "weights": schema.OBJECT,
+    "versions": schema.OBJECT,
+    "export_seconds": schema.number(0),
+    "labels": schema.NOTHING | schema.list_of(_TEXT, most=MAX_CLASSES),
+    "calibration": schema.NOTHING | schema.OBJECT,
+    "model": schema.NOTHING | schema.OBJECT,
+    "reference": schema.NOTHING | schema.OBJECT,
+    "compute_dtype": schema.one_of(("float32", "float16", "int8")),
+    "parity": schema.OBJECT,
+    "integrity": schema.SHA256,
 }
+_OPTIONAL = ("labels", "calibration", "model", "reference", "compute_dtype", "parity", "integrity")
+_PREPROCESSING = {
+    "crop_pct": schema.number(high=1, above=0),
+    "interpolation": schema.one_of(INTERPOLATIONS),
+    "mean": schema.list_of(schema.number(-10, 10), length=3),
+    "std": schema.list_of(schema.number(high=10, above=1e-6), length=3),
+}
+_WEIGHTS = {"kind": schema.one_of(("checkpoint", "seeded-calibrated"))}
+_CHECKPOINT = {"path": schema.text(), "sha256": schema.SHA256}
+_SEEDED = {"seed": schema.integer(0, 2**32 - 1)}
+_REFERENCE = {"file": _TEXT, "sha256": schema.SHA256, "inputs": schema.OBJECT}
+_INPUTS = {"photos": schema.integer(1, 1024), "random": schema.integer(0, 1024)}
 
 
-def read_manifest(artifact: str | Path) -> Manifest:
-    """The validated manifest of an artifact that exists and is of the format its manifest says."""
+def _check_parts(document: dict, where: str) -> None:
+    """The fields inside the fields that mnv4 computes with: preprocessing, weights, the stored reference, labels."""
+    schema.check(document["preprocessing"], _PREPROCESSING, f"{where} (preprocessing)")
+    schema.check(document["weights"], _WEIGHTS, f"{where} (weights)")
+    schema.check(document["weights"], _CHECKPOINT if document["weights"]["kind"] == "checkpoint" else _SEEDED,
+                 f"{where} (weights)", optional=tuple(_SEEDED))
+    if document.get("reference") is not None:
+        schema.check(document["reference"], _REFERENCE, f"{where} (reference)")
+        schema.check(document["reference"]["inputs"], _INPUTS, f"{where} (reference inputs)")
+    labels = document.get("labels")
+    if labels is not None and len(labels) != document["num_classes"]:
+        raise MNV4Error(f"{where} has a bad value for 'labels': {len(labels)} names for {document['num_classes']} "
+                        f"classes")
+
+
+def read_manifest(artifact: str | Path, allow_modified: bool = False) -> Manifest:
+    """The validated manifest of an artifact that exists and is of the format its manifest says. A manifest changed
+    since its export (or too old to tell) is refused unless `allow_modified`; then `modified` says how."""
     artifact = Path(artifact)
     if not (artifact.exists() or artifact.is_symlink()):
         raise MNV4Error(f"artifact not found: {artifact}")
     path = manifest_path(artifact)
     if not path.is_file():
         raise MNV4Error(f"no manifest for {artifact} (expected {path}); export it with `mnv4 export`")
-    try:
-        document = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise MNV4Error(f"manifest {path} is not valid JSON: {error}") from None
-    except OSError as error:
-        raise MNV4Error(f"cannot read manifest {path}: {error.strerror or error}") from None
-    manifest = Manifest.from_dict(document, str(path))
+    manifest = Manifest.from_dict(read_json(path, "manifest"), str(path))
     if FORMATS[manifest.format].suffix != artifact.suffix:
         raise MNV4Error(f"manifest {path} is for format {manifest.format} (*{FORMATS[manifest.format].suffix}), "
                         f"which {artifact.name} is not")
+    if manifest.modified and not allow_modified:
+        raise MNV4Error(f"manifest {path}: {manifest.modified[0]}; {CHANGED}")
     return manifest
+
+
+def unchanged(artifact: str | Path, manifest: Manifest, allow_modified: bool = False) -> list[str]:
+    """Refuse an artifact or a manifest that differs from what its export wrote (the artifact's sha256 covers every
+    file its runtime reads), unless `allow_modified`; then the differences, for warnings."""
+    changes = [f"manifest {manifest_path(artifact)}: {change}" for change in manifest.modified]
+    if sha256(artifact) != manifest.sha256:
+        changes.append(f"{artifact} is not the artifact its manifest describes (sha256 differs): it changed after "
+                       f"export")
+    if changes and not allow_modified:
+        raise MNV4Error(f"{changes[0]}; {CHANGED}")
+    return changes

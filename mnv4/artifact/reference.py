@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import MNV4Error
+from ..errors import MNV4Error, one_line
+from . import schema
 from .files import sha256, write_atomically
 
 SUFFIX = ".reference.npz"
@@ -64,10 +66,18 @@ def reference_path(artifact: str | Path) -> Path:
     return artifact.with_name(artifact.name + SUFFIX)
 
 
-def read_reference(artifact: str | Path, recorded: dict | None) -> Reference:
-    """The stored reference of `artifact`, checked against the manifest's record of it (`recorded`)."""
+# The most a stored reference may hold: the verification inputs are a dozen images, the fixture's held-out split 449.
+MAX_INPUTS, MAX_TASK_IMAGES = 1024, 100_000
+_INPUT_ARRAYS = ("inputs", "pytorch_fp32", "float64")
+_TASK_ARRAYS = ("task_images", "task_labels", "task_pytorch_fp32")
+
+
+def read_reference(artifact: str | Path, manifest) -> Reference:
+    """The stored reference of `artifact`, checked against its manifest: the file its record names by sha256, and
+    arrays of the shapes and dtypes that manifest's model gives, checked from their headers before any is loaded."""
     artifact = Path(artifact)
     path = reference_path(artifact)
+    recorded = manifest.reference
     if not recorded:
         raise MNV4Error(f"{artifact.name} has no stored reference (exported with --no-verify, or by an mnv4 before "
                         f"0.2): verify it where PyTorch is installed (pip install 'mnv4[torch]'), or export it again")
@@ -78,10 +88,45 @@ def read_reference(artifact: str | Path, recorded: dict | None) -> Reference:
         raise MNV4Error(f"{path} is not the reference exported with {artifact.name} (sha256 differs from the manifest's)")
     try:
         with np.load(path, allow_pickle=False) as stored:
-            meta = json.loads(str(stored["meta"]))
+            meta = schema.check(json.loads(str(stored["meta"])), _META, f"the stored reference {path} (meta)")
+            count = _check_arrays(stored, _INPUT_ARRAYS, meta["task"] is not None, manifest, path)
+            if not 1 <= meta["photos"] <= count:
+                raise MNV4Error(f"the stored reference {path} says {meta['photos']} of its {count} inputs are photos")
             task = TaskReference(meta["task"], stored["task_images"], stored["task_labels"],
                                  stored["task_pytorch_fp32"]) if meta["task"] else None
-            return Reference(stored["inputs"], int(meta["photos"]), stored["pytorch_fp32"], stored["float64"], task,
+            return Reference(stored["inputs"], meta["photos"], stored["pytorch_fp32"], stored["float64"], task,
                              meta["task_not_measured"])
-    except (OSError, ValueError, KeyError) as error:
-        raise MNV4Error(f"cannot read the stored reference {path}: {error}") from None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, RecursionError) as error:
+        raise MNV4Error(f"cannot read the stored reference {path}: {one_line(error)}") from None
+
+
+_META = {"photos": schema.integer(1, MAX_INPUTS), "task": schema.NOTHING | schema.one_of(("digits",)),
+         "task_not_measured": schema.NOTHING | schema.OBJECT}
+
+
+def _check_arrays(stored, names: tuple[str, ...], with_task: bool, manifest, path: Path) -> int:
+    """Each array's shape and dtype from its header, against what the manifest's model gives; the number of inputs."""
+    resolution, classes = manifest.resolution, manifest.num_classes
+    headers = {name: _header(stored, name) for name in (*names, *(_TASK_ARRAYS if with_task else ()))}
+    count = headers["inputs"][0][0] if headers["inputs"][0] else 0
+    task_count = headers["task_images"][0][0] if with_task and headers["task_images"][0] else 0
+    expected = {"inputs": ((count, 3, resolution, resolution), "float32"), "pytorch_fp32": ((count, classes), "float32"),
+                "float64": ((count, classes), "float64"),
+                "task_images": ((task_count, 3, resolution, resolution), "float32"),
+                "task_labels": ((task_count,), "int64"), "task_pytorch_fp32": ((task_count, classes), "float32")}
+    if not 1 <= count <= MAX_INPUTS or task_count > MAX_TASK_IMAGES:
+        raise MNV4Error(f"the stored reference {path} holds {count} inputs and {task_count} task images: not a reference")
+    for name, (shape, dtype) in headers.items():
+        if (shape, dtype) != expected[name]:
+            raise MNV4Error(f"the stored reference {path} has {name} of shape {shape} ({dtype}) where {manifest.artifact}'s "
+                            f"model gives {expected[name][0]} ({expected[name][1]}): it is not this artifact's reference")
+    return count
+
+
+def _header(stored, name: str) -> tuple[tuple, str]:
+    """An array's shape and dtype, read from its .npy header without loading it."""
+    with stored.zip.open(f"{name}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(member)
+    return tuple(shape), np.dtype(dtype).name

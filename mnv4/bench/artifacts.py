@@ -15,15 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact import schema
+from ..artifact.files import claimed
 from ..artifact.formats import FORMATS
-from ..artifact.manifest import Manifest, manifest_path, read_manifest
+from ..artifact.manifest import Manifest, manifest_path, read_manifest, unchanged
 from ..artifact.precisions import FP16
 from ..artifact.reference import Reference, read_reference
-from ..errors import MNV4Error
+from ..errors import MissingExtraError, MNV4Error
 from ..runtimes import runner_class
+from ..text import printable
 from .measure import Progress, finish_rows, is_measured, measure_again, measure_row
-from .plan import Measurement, Row
-from .results import results_document
+from .plan import Measurement, Row, check_measurement
+from .results import Status, results_document
 from .worker import WorkerJob
 
 
@@ -43,10 +46,10 @@ class Found:
     reference: Reference
 
 
-def find_artifacts(paths: list[Path]) -> list[Found]:
+def find_artifacts(paths: list[Path], allow_modified: bool = False) -> list[Found]:
     """The artifacts named, or found in the folders named (each with a manifest beside it), checked before
-    anything runs: each has its stored reference, and all are of one model (variant, resolution, weights), the
-    unit of a results file."""
+    anything runs: each is what its export wrote (unless `allow_modified`, which warns), has its stored reference,
+    and all are of one model (variant, resolution, weights), the unit of a results file."""
     suffixes = tuple(row.suffix for row in FORMATS.values())
     candidates = []
     for path in paths:
@@ -61,8 +64,10 @@ def find_artifacts(paths: list[Path]) -> list[Found]:
         raise MNV4Error(f"no artifacts with manifests in {', '.join(map(str, paths))}; export them with `mnv4 export`")
     found = []
     for path in candidates:
-        manifest = read_manifest(path)
-        found.append(Found(path, manifest, read_reference(path, manifest.reference)))
+        manifest = read_manifest(path, allow_modified)
+        for change in unchanged(path, manifest, allow_modified):
+            print(f"warning: {printable(change)}", file=sys.stderr)
+        found.append(Found(path, manifest, read_reference(path, manifest)))
     rows = {}
     for item in found:
         identity = row_of(item, 1).key()
@@ -81,21 +86,43 @@ def find_artifacts(paths: list[Path]) -> list[Found]:
 
 
 def row_of(found: Found, threads: int) -> Row:
+    """The row of an artifact at a thread count; unavailable where its runtime is not installed here."""
     manifest = found.manifest
-    return Row("mnv4", manifest.format, runner_class(found.path).runtime, "cpu", manifest.precision, threads,
-               1 if manifest.dynamic_batch else manifest.batch, artifact=found.path,
-               compute_dtype=manifest.compute_dtype, export_seconds=manifest.export_seconds)
+    try:
+        runtime, status, reason = runner_class(found.path).runtime, Status.OK, None
+    except MissingExtraError as error:
+        runtime, status, reason = manifest.format, Status.UNAVAILABLE, f"unavailable: install mnv4[{error.extra}]"
+    return Row("mnv4", manifest.format, runtime, "cpu", manifest.precision, threads,
+               1 if manifest.dynamic_batch else manifest.batch, artifact=found.path, compute_dtype=manifest.compute_dtype,
+               export_seconds=manifest.export_seconds, status=status, reason=reason)
+
+
+def check_artifact_options(options: ArtifactBenchOptions) -> None:
+    """Bad options are one-line errors before anything runs."""
+    check_measurement(options)
+    if options.machine_name is not None and not schema.text(64).accepts(options.machine_name):
+        raise MNV4Error(f"--machine-name must be {schema.text(64).description}, not {schema.shown(options.machine_name)}")
 
 
 def bench_artifacts(found: list[Found], options: ArtifactBenchOptions, output_dir: Path,
                     progress: Progress = lambda text, done, total: None) -> dict:
     """Measure every artifact (from `find_artifacts`) at every thread count, in `repeats` processes each, and
     write results.json, report.md and report.html."""
-    from .machine import machine_info
     from .report import write_report
     from .results import write_results
 
-    work = output_dir / "work"
+    with claimed(output_dir, "the output folder"):
+        results = _measure_artifacts(found, options, output_dir / "work", progress)
+        write_results(results, output_dir / "results.json")
+        progress("writing the report", len(results["rows"]), len(results["rows"]))
+        write_report([results], output_dir)
+    return results
+
+
+def _measure_artifacts(found: list[Found], options: ArtifactBenchOptions, work: Path, progress: Progress) -> dict:
+    """Every artifact measured at every thread count: the results document."""
+    from .machine import machine_info
+
     work.mkdir(parents=True, exist_ok=True)
     progress("reading the machine", 0, len(found) * len(options.threads))
     machine = machine_info()
@@ -107,13 +134,13 @@ def bench_artifacts(found: list[Found], options: ArtifactBenchOptions, output_di
     for repeat in range(options.repeats):
         for done, (row, job, reference) in enumerate(jobs, start=repeat * len(jobs)):
             progress(f"{row.artifact.name} threads={row.threads}", done, total)
-            if repeat == 0:
+            if repeat == 0 and row.status is Status.OK:
                 measure_row(row, job, reference, work)
             elif is_measured(row):
                 measure_again(row, job, work)
     first = found[0].manifest
     size = first.model or {}
-    results = results_document(
+    return results_document(
         machine, {**options.record(), "variant": first.variant, "device": "cpu", "weights": first.weights,
                   "formats": list(dict.fromkeys(f.manifest.format for f in found)),
                   "precisions": list(dict.fromkeys(f.manifest.precision for f in found)),
@@ -122,11 +149,6 @@ def bench_artifacts(found: list[Found], options: ArtifactBenchOptions, output_di
                   "command": shlex.join(["mnv4", *sys.argv[1:]])},
         {"variant": first.variant, "resolution": first.resolution, "macs": size.get("macs"), "params": size.get("params")},
         finish_rows([row for row, _, _ in jobs], size.get("macs"), machine["fma_peak_gflops_per_thread"]))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_results(results, output_dir / "results.json")
-    progress("writing the report", len(jobs), len(jobs))
-    write_report([results], output_dir)
-    return results
 
 
 def _job(item: Found, index: int, threads: int, options: ArtifactBenchOptions, work: Path) -> WorkerJob:

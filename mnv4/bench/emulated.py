@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifact.files import manifest_path, write_json_atomically
+from ..artifact.files import claimed, manifest_path, writable_folder, write_json_atomically
 from ..artifact.formats import FORMATS
 from ..artifact.precisions import FLOAT16_ARITHMETIC, FP16
 from ..cache import cache_root
@@ -153,7 +153,20 @@ def emulate(architecture: str, paths: list[Path], output_dir: Path, cpu: str = D
     target = target_of(architecture)
     artifacts = artifacts_to_run(paths)
     check_host(target, cpu)
-    cache = cache or cache_root() / "emulate"
+    cache = writable_folder(cache or cache_root() / "emulate", "the emulation cache")
+    with claimed(output_dir, "the output folder"):
+        results, runs = _run_in_root(target, architecture, artifacts, cpu, cache, progress, verbose)
+        write_results(results, output_dir / "results.json")
+        write_report([results], output_dir)
+        write_json_atomically([{"artifact": str(run.artifact), "exit_code": run.exit_code, "parity": run.parity}
+                               for run in runs], output_dir / "verify.json")
+    return Emulation(output_dir, results, runs)
+
+
+def _run_in_root(target, architecture: str, artifacts: list[Found], cpu: str, cache: Path,
+                 progress: Callable[[str], None], verbose: bool) -> tuple[dict, list[ArtifactRun]]:
+    """The emulated root (built once), this mnv4 installed in it, each artifact verified and all of them benched
+    there: the bench's results (its machine the emulated one) and each artifact's verdict."""
     with tempfile.TemporaryDirectory(prefix="mnv4-emulate-") as scratch:
         progress("building mnv4's wheel from its source tree")
         wheel = build_mnv4_wheel(Path(scratch))
@@ -182,12 +195,7 @@ def emulate(architecture: str, paths: list[Path], output_dir: Path, cpu: str = D
                                   check=False).stdout.splitlines()[0]
             results = load_results(host_folder / "out" / "results.json")
     results["machine"].update(emulated_machine(architecture, cpu, qemu))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_results(results, output_dir / "results.json")
-    write_report([results], output_dir)
-    write_json_atomically([{"artifact": str(run.artifact), "exit_code": run.exit_code, "parity": run.parity}
-                           for run in runs], output_dir / "verify.json")
-    return Emulation(output_dir, results, runs)
+    return results, runs
 
 
 def companions(artifact: Path) -> list[Path]:

@@ -4,12 +4,12 @@ The schema is documented field by field in docs/bench.md; a file that does not m
 naming the file and the problem, because a report built from a half-understood file would publish wrong numbers."""
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
-from ..artifact.files import write_json_atomically
+from ..artifact import schema
+from ..artifact.files import plain, read_json, write_json_atomically
 from ..artifact.formats import FORMATS, TORCH
 from ..artifact.precisions import PRECISIONS
 from ..errors import MNV4Error
@@ -30,18 +30,6 @@ class Status(str, Enum):
         return self.value
 
 
-
-TOP_KEYS = ("schema", "created", "machine", "versions", "options", "model", "rows")
-MACHINE_KEYS = ("id", "hostname", "os", "platform", "python", "cpu_model", "physical_cores", "logical_cores", "isa",
-                "memory_gb", "gpu", "fma_peak_gflops_per_thread")
-OPTION_KEYS = ("variant", "formats", "precisions", "threads", "batches", "device", "warmup", "iterations",
-               "min_seconds", "weights", "resolution", "compare_timm")
-MODEL_KEYS = ("variant", "resolution", "macs", "params")
-ROW_KEYS = ("source", "format", "runtime", "device", "precision", "threads", "batch", "status", "reason",
-            "latency_ms", "load_ms", "first_inference_ms", "throughput_ips", "peak_rss_mb", "artifact_bytes",
-            "export_seconds", "parity", "gflops", "peak_fraction", "ratio_vs_timm")
-LATENCY_KEYS = ("mean", "median", "p5", "p95", "p99", "std", "min", "max", "iterations")
-PARITY_KEYS = ("rel_err", "cosine", "top1_agreement", "top5_agreement", "max_abs", "tolerance", "passed")
 
 SOURCES = ("mnv4", "timm")
 STATUSES = tuple(status.value for status in Status)
@@ -74,43 +62,72 @@ def row_order(row: dict) -> tuple:
             rank(row["source"], SOURCES))
 
 
+_NUMBER = schema.number(0)
+_MAYBE_NUMBER = schema.NOTHING | _NUMBER
+_COUNT = schema.integer(1)
+_MAYBE_COUNT = schema.NOTHING | _COUNT
+_NAME = schema.text(256)
+_MAYBE_NAME = schema.NOTHING | _NAME
+_MACHINE = {"id": _NAME, "hostname": _NAME, "os": _NAME, "platform": _NAME, "python": _NAME, "cpu_model": _NAME,
+            "physical_cores": _MAYBE_COUNT, "logical_cores": _MAYBE_COUNT, "isa": schema.list_of(_NAME),
+            "memory_gb": _MAYBE_NUMBER, "gpu": _MAYBE_NAME, "fma_peak_gflops_per_thread": _MAYBE_NUMBER}
+_OPTIONS = {"variant": _NAME, "formats": schema.list_of(_NAME), "precisions": schema.list_of(_NAME),
+            "threads": schema.list_of(_COUNT), "batches": schema.list_of(_COUNT), "device": _NAME,
+            "warmup": schema.integer(0), "iterations": _MAYBE_COUNT, "min_seconds": _MAYBE_NUMBER,
+            "weights": schema.NOTHING | schema.OBJECT | _NAME, "resolution": _COUNT, "compare_timm": schema.BOOLEAN}
+_MODEL = {"variant": _NAME, "resolution": _COUNT, "macs": schema.NOTHING | schema.integer(0),
+          "params": schema.NOTHING | schema.integer(0)}
+_ROW = {"source": schema.one_of(SOURCES), "format": _NAME, "runtime": _NAME, "device": schema.one_of(DEVICE_ORDER),
+        "precision": _NAME, "threads": _MAYBE_COUNT, "batch": _COUNT, "status": schema.one_of(STATUSES),
+        "reason": _MAYBE_NAME, "latency_ms": schema.NOTHING | schema.OBJECT, "load_ms": _MAYBE_NUMBER,
+        "first_inference_ms": _MAYBE_NUMBER, "throughput_ips": _MAYBE_NUMBER, "peak_rss_mb": _MAYBE_NUMBER,
+        "artifact_bytes": schema.NOTHING | schema.integer(0), "export_seconds": _MAYBE_NUMBER,
+        "parity": schema.NOTHING | schema.OBJECT, "gflops": _MAYBE_NUMBER, "peak_fraction": _MAYBE_NUMBER,
+        "ratio_vs_timm": _MAYBE_NUMBER}
+_LATENCY = {**dict.fromkeys(("mean", "median", "p5", "p95", "p99", "std", "min", "max"), _NUMBER),
+            "iterations": _COUNT}
+# Errors and cosines that were not finite are written as null.
+_PARITY = {**dict.fromkeys(("rel_err", "max_abs"), _MAYBE_NUMBER),
+           **dict.fromkeys(("cosine", "top1_agreement", "top5_agreement"), schema.NOTHING | schema.number(-1, 1)),
+           "tolerance": _NAME, "passed": schema.NOTHING | schema.BOOLEAN}
+
+
 def validate(results: object, name: str) -> None:
-    """Raise MNV4Error("<name>: <problem>") unless `results` follows the schema."""
-    schema = results.get("schema") if isinstance(results, dict) else None
-    if schema != SCHEMA:
-        raise MNV4Error(f"{name}: not an mnv4 bench results file (schema {schema!r}; this mnv4 reads {SCHEMA!r})")
-    _require(results, TOP_KEYS, name, "")
-    for section, keys in (("machine", MACHINE_KEYS), ("options", OPTION_KEYS), ("model", MODEL_KEYS)):
-        _require(results[section], keys, name, f"{section}: ")
-    if not isinstance(results["rows"], list):
-        raise MNV4Error(f"{name}: 'rows' is not a list")
+    """Raise MNV4Error("<name>...: <problem>") unless `results` follows the schema, every field of its kind."""
+    found = results.get("schema") if isinstance(results, dict) else None
+    if found != SCHEMA:
+        raise MNV4Error(f"{name}: not an mnv4 bench results file (schema {found!r}; this mnv4 reads {SCHEMA!r})")
+    schema.check(results, {"created": _NAME, "machine": schema.OBJECT, "versions": schema.OBJECT,
+                           "options": schema.OBJECT, "model": schema.OBJECT, "rows": schema.list_of(schema.OBJECT)}, name)
+    for section, fields in (("machine", _MACHINE), ("options", _OPTIONS), ("model", _MODEL)):
+        schema.check(results[section], fields, f"{name} ({section})")
     seen = {}
     for index, row in enumerate(results["rows"]):
-        where = f"row {index}"
-        _require(row, ROW_KEYS, name, f"{where}: ")
-        where = f"row {index} ({describe_row(row)})"
-        if row["source"] not in SOURCES:
-            raise MNV4Error(f"{name}: {where}: source {row['source']!r} is not one of {', '.join(SOURCES)}")
-        if row["status"] not in STATUSES:
-            raise MNV4Error(f"{name}: {where}: status {row['status']!r} is not one of {', '.join(STATUSES)}")
-        status = Status(row["status"])
-        if status is not Status.OK and not row["reason"]:
-            raise MNV4Error(f"{name}: {where}: status {status.value!r} needs a reason")
-        # parity-failed may lack a latency: a Core ML program interpreted off macOS is checked, not timed.
-        if status is Status.OK and row["latency_ms"] is None:
-            raise MNV4Error(f"{name}: {where}: status {status.value!r} needs a latency_ms")
-        if status in (Status.UNAVAILABLE, Status.LATENCY_NOT_MEASURED) and row["latency_ms"] is not None:
-            raise MNV4Error(f"{name}: {where}: status {status.value!r} must not have a latency_ms")
-        if status is Status.PARITY_FAILED and row["parity"] is None:
-            raise MNV4Error(f"{name}: {where}: status {status.value!r} needs a parity")
+        schema.check(row, _ROW, f"{name} (row {index})")
+        where = f"{name} (row {index}: {describe_row(row)})"
+        _check_status(row, where)
         if row["latency_ms"] is not None:
-            _require(row["latency_ms"], LATENCY_KEYS, name, f"{where}: latency_ms: ")
+            schema.check(row["latency_ms"], _LATENCY, f"{where} latency_ms")
         if row["parity"] is not None:
-            _require(row["parity"], PARITY_KEYS, name, f"{where}: parity: ")
+            schema.check(row["parity"], _PARITY, f"{where} parity")
         identity = row_identity(row)
         if identity in seen:
-            raise MNV4Error(f"{name}: {where} repeats row {seen[identity]}")
+            raise MNV4Error(f"{where} repeats row {seen[identity]}")
         seen[identity] = index
+
+
+def _check_status(row: dict, where: str) -> None:
+    """What each status needs: a reason unless ok, a latency where measured, a parity where it failed."""
+    status = Status(row["status"])
+    if status is not Status.OK and not row["reason"]:
+        raise MNV4Error(f"{where}: status {status.value!r} needs a reason")
+    # parity-failed may lack a latency: a Core ML program interpreted off macOS is checked, not timed.
+    if status is Status.OK and row["latency_ms"] is None:
+        raise MNV4Error(f"{where}: status {status.value!r} needs a latency_ms")
+    if status in (Status.UNAVAILABLE, Status.LATENCY_NOT_MEASURED) and row["latency_ms"] is not None:
+        raise MNV4Error(f"{where}: status {status.value!r} must not have a latency_ms")
+    if status is Status.PARITY_FAILED and row["parity"] is None:
+        raise MNV4Error(f"{where}: status {status.value!r} needs a parity")
 
 
 def results_document(machine: dict, options: dict, model: dict, rows: list[dict]) -> dict:
@@ -127,40 +144,18 @@ def strict_failures(results: dict) -> list[str]:
             if row["status"] in (Status.FAILED, Status.PARITY_FAILED)]
 
 
-def _require(section: object, keys: tuple, name: str, where: str) -> None:
-    if not isinstance(section, dict):
-        raise MNV4Error(f"{name}: {where or 'top level: '}not a JSON object")
-    missing = [key for key in keys if key not in section]
-    if missing:
-        raise MNV4Error(f"{name}: {where}missing {', '.join(repr(key) for key in missing)}")
-
-
 def load_results(path: str | Path) -> dict:
-    name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise MNV4Error(f"{name}: cannot read ({error.strerror or error})") from None
-    try:
-        results = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise MNV4Error(f"{name}: not valid JSON (line {error.lineno}: {error.msg})") from None
-    validate(results, name)
+    results = read_json(path, "results file")
+    validate(results, str(path))
     return results
 
 
 def write_results(results: dict, path: str | Path) -> Path:
     """Validate, then write beside the target and rename over it, so a reader never sees half a file."""
     path = Path(path)
+    results = plain(results)
     validate(results, str(path))
-    return write_json_atomically(results, path, default=_builtin)
-
-
-def _builtin(value):
-    """numpy scalars (a median from np.percentile, a count from np.int64) as plain Python numbers."""
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return write_json_atomically(results, path)
 
 
 def machine_labels(results_list: list[dict]) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact.files import remove_artifact
+from ..artifact.files import claimed, remove_artifact
 from ..artifact.formats import FORMATS, TORCH
 from ..artifact.options import ExportRequest
 from ..artifact.precisions import FP32, PRECISIONS
@@ -198,9 +198,9 @@ def bench(options: BenchOptions, output_dir: Path, progress: Progress = lambda t
     from .report import write_report
     from .results import write_results
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    results = Bench(options, output_dir, progress).run()
-    write_results(results, output_dir / "results.json")
-    progress("writing the report", len(results["rows"]), len(results["rows"]))
-    write_report([results], output_dir)
+    with claimed(output_dir, "the output folder"):
+        results = Bench(options, output_dir, progress).run()
+        write_results(results, output_dir / "results.json")
+        progress("writing the report", len(results["rows"]), len(results["rows"]))
+        write_report([results], output_dir)
     return results

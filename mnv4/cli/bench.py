@@ -12,7 +12,8 @@ import typer
 from ..artifact.formats import FORMATS, TORCH
 from ..artifact.precisions import PRECISIONS
 from ..errors import MNV4Error, ParityFailed
-from .common import XNNPACK_FP16_HELP, Variant, Verbose, parse_list
+from ..text import printable
+from .common import XNNPACK_FP16_HELP, AllowModified, Variant, Verbose, parse_list, warn
 
 Threads = Annotated[str, typer.Option("--threads", help="Comma-separated CPU thread counts, e.g. 1,2.")]
 Warmup = Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.")]
@@ -62,7 +63,7 @@ def bench(
         if exporting:
             raise MNV4Error(f"{', '.join(exporting)} do not go with bench-artifacts: the artifacts are what is measured")
         return bench_artifacts(artifacts, threads, warmup, repeats, iterations, min_seconds, xnnpack_fp16,
-                               machine_name, output_dir, strict, verbose)
+                               machine_name, output_dir, strict, False, verbose)
     with_artifacts = [f"--{name.replace('_', '-')}" for name in given if name in ("xnnpack_fp16", "machine_name")]
     if with_artifacts:
         raise MNV4Error(f"{', '.join(with_artifacts)} go with `mnv4 bench-artifacts PATHS`")
@@ -96,19 +97,19 @@ def bench_artifacts(
     machine_name: MachineName = None,
     output_dir: BenchOutput = Path("bench-results"),
     strict: Strict = False,
+    allow_modified: AllowModified = False,
     verbose: Verbose = False,
 ):
     """Parity and latency of artifacts exported elsewhere (a fresh process each), judged by their stored references:
     no PyTorch needed (mnv4\\[runtime])."""
-    from ..bench.artifacts import ArtifactBenchOptions, find_artifacts
+    from ..bench.artifacts import ArtifactBenchOptions, check_artifact_options, find_artifacts
     from ..bench.artifacts import bench_artifacts as run_bench_artifacts
-    from ..bench.plan import check_measurement
 
     options = ArtifactBenchOptions(threads=parse_list(threads, int), repeats=repeats,
                                    timing=_timing(warmup, iterations, min_seconds), xnnpack_fp16=xnnpack_fp16,
                                    machine_name=machine_name)
-    check_measurement(options)
-    found = find_artifacts(list(paths))
+    check_artifact_options(options)
+    found = find_artifacts(list(paths), allow_modified)
     _measure(lambda progress: run_bench_artifacts(found, options, output_dir, progress), output_dir, strict, verbose)
 
 
@@ -133,23 +134,25 @@ def _timing(warmup: int, iterations: int | None, min_seconds: float):
 def _measure(measure, output_dir: Path, strict: bool, verbose: bool) -> None:
     """Run a bench under a progress bar, say what it wrote, and (with --strict) fail on its failed rows."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..artifact.files import claimed
     from ..bench.results import Status, strict_failures
     from ..chatter import captured, terminal
 
     stream = terminal()
     console = Console(file=stream)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress, captured(not verbose, shown_to=stream):
+    with claimed(output_dir, "the output folder"), Progress(*columns, console=console) as progress, \
+            captured(not verbose, shown_to=stream):
         task = progress.add_task("starting", total=None)
-        results = measure(lambda text, done, total: progress.update(task, description=text, completed=done,
-                                                                    total=total))
+        results = measure(lambda text, done, total: progress.update(task, description=escape(printable(text)),
+                                                                    completed=done, total=total))
     rows = results["rows"]
-    console.print(f"[green]wrote[/green] {output_dir / 'results.json'}, report.md, report.html: {len(rows)} rows, "
-                  f"{sum(row['status'] == Status.OK for row in rows)} ok")
+    console.print(f"[green]wrote[/green] {escape(printable(output_dir / 'results.json'))}, report.md, report.html: "
+                  f"{len(rows)} rows, {sum(row['status'] == Status.OK for row in rows)} ok")
     failures = strict_failures(results)
     if strict and failures:
         raise ParityFailed(failures)
-    for failure in failures:
-        typer.echo(f"warning: {failure}", err=True)
+    warn(failures)

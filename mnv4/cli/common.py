@@ -8,6 +8,7 @@ import typer
 
 from ..artifact.options import OPTIONS
 from ..errors import MissingExtraError, MNV4Error
+from ..text import printable
 
 VARIANT_HELP = "Model variant (see `mnv4 info --help`): conv_small, conv_medium, conv_large, hybrid_medium, ..."
 XNNPACK_FP16_HELP = ("TFLite: XNNPACK computes in float16 where the CPU has float16 arithmetic (as phones do); "
@@ -22,7 +23,10 @@ Verbose = Annotated[bool, typer.Option(
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 XnnpackFp16 = Annotated[bool, typer.Option("--xnnpack-fp16", help=XNNPACK_FP16_HELP)]
 Artifact = Annotated[Path, typer.Argument(help="An exported artifact with its manifest beside it.")]
-Top = Annotated[int, typer.Option("--top", "-k", min=1, help="How many classes to print.")]
+Top = Annotated[int, typer.Option("--top", "-k", min=1, max=1000, help="How many classes to print.")]
+AllowModified = Annotated[bool, typer.Option(
+    "--allow-modified", help="Use an artifact or a manifest that changed after its export, as it is (a warning says "
+    "what changed); without it they are refused.")]
 OutputDir = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where results and reports go.")]
 
 
@@ -55,4 +59,20 @@ def runner_options(xnnpack_fp16: bool) -> dict:
 
 def stderr_lines(lines: list[str]) -> None:
     for line in lines:
-        typer.echo(line, err=True)
+        typer.echo(printable(line), err=True)
+
+
+def warn(warnings: list[str]) -> None:
+    stderr_lines([f"warning: {warning}" for warning in warnings])
+
+
+# Whether this command printed its JSON document: `main` prints an error object where it did not (--json).
+printed_json: list[bool] = []
+
+
+def emit_json(document) -> None:
+    """The command's one JSON document on stdout (--json)."""
+    import json
+
+    typer.echo(json.dumps(document, indent=2))
+    printed_json.append(True)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import typing
 from pathlib import Path
 from typing import Annotated
@@ -13,7 +12,8 @@ import typer
 from ..artifact.formats import FORMATS
 from ..artifact.options import OPTIONS, ExportRequest
 from ..errors import MNV4Error, ParityFailed, unknown_value
-from .common import Variant, Verbose, require_torch
+from ..text import printable
+from .common import Variant, Verbose, emit_json, require_torch
 
 
 def export_command(
@@ -46,7 +46,7 @@ def export_command(
     targets = {fmt: (output / f"{fmt}{FORMATS[fmt].suffix}" if output and format == "all" else output) for fmt in formats}
     manifests, failures = _export_each(request, targets, force, quiet, verbose)
     if json_output:
-        typer.echo(json.dumps(manifests if format == "all" else (manifests[0] if manifests else {}), indent=2))
+        emit_json(manifests if format == "all" else (manifests[0] if manifests else {}))
     if failures:
         raise ParityFailed(failures)
 
@@ -74,6 +74,7 @@ def _export_each(request: ExportRequest, targets: dict[str, Path | None], force:
     """Each format's export with a progress line and its summary; the manifests written and the parity failures
     (an artifact that fails is not published, and the other formats still export)."""
     from rich.console import Console
+    from rich.markup import escape
 
     from ..artifact.summary import delegation_lines, parity_line, quantization_lines
     from ..chatter import captured, terminal
@@ -92,8 +93,8 @@ def _export_each(request: ExportRequest, targets: dict[str, Path | None], force:
                 continue
         manifests.append(manifest.as_dict())
         if not quiet:
-            console.print(f"[green]wrote[/green] {manifest.artifact} ({manifest.bytes / 1e6:.1f} MB, "
+            console.print(f"[green]wrote[/green] {escape(printable(manifest.artifact))} ({manifest.bytes / 1e6:.1f} MB, "
                           f"exported in {manifest.export_seconds:.1f} s)")
             for line in [*quantization_lines(manifest), *delegation_lines(manifest), parity_line(manifest.parity)]:
-                print(line, file=stream)
+                print(printable(line), file=stream)
     return manifests, failures

@@ -35,21 +35,30 @@ from ..calibration import DEFAULT_COUNT, Calibration, builtin_calibration, chose
 from ..errors import MNV4Error, ParityFailed, one_line
 from ..model.specs import get_spec
 from ..model.task import task_of
+from ..text import BOM, printable, unsafe_characters
 from ..verification.reference import compute_reference, reference_model
 from ..verification.verify import verify_artifact
 
 Step = Callable[[str], None]  # told what the export is doing
+MAX_LABELS_BYTES = 16 << 20
 
 
 def read_labels(path: Path) -> list[str]:
-    """Class names, one per line (trailing blank lines ignored); each must be a non-empty line."""
+    """Class names, one per line (a UTF-8 byte order mark and trailing blank lines ignored, \r\n line ends too); each a
+    non-empty name without control or bidirectional characters, which would reach every terminal that prints it."""
     try:
-        names = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+        if path.stat().st_size > MAX_LABELS_BYTES:
+            raise MNV4Error(f"--labels {path} is larger than any list of class names ({MAX_LABELS_BYTES} bytes)")
+        text = path.read_bytes().decode("utf-8").removeprefix(BOM)  # no newline translation: a lone \r is refused
     except (OSError, UnicodeDecodeError) as error:
         raise MNV4Error(f"cannot read --labels {path}: {getattr(error, 'strerror', None) or error}") from None
-    names = [name.strip() for name in names]
-    if not all(names):
-        raise MNV4Error(f"--labels {path} has an empty line {names.index('') + 1}: give one class name per line")
+    names = [name.strip() for name in text.replace("\r\n", "\n").rstrip("\n").split("\n")]
+    for line, name in enumerate(names, start=1):
+        if not name:
+            raise MNV4Error(f"--labels {path} has an empty line {line}: give one class name per line")
+        if unsafe_characters(name):
+            raise MNV4Error(f"--labels {path} line {line} holds a control or bidirectional character "
+                            f"({printable(''.join(unsafe_characters(name)))}): class names are shown on terminals")
     return names
 
 

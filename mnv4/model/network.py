@@ -6,9 +6,23 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import InputShapeError
+from ..errors import InputShapeError, MNV4Error
 from . import specs
 from .blocks import ACTIVATIONS, ConvBN, FusedIB, MobileMQABlock, UniversalInvertedBottleneck, conv2d, make_divisible
+
+MAX_CLASSES = 100_000
+
+
+def _check_options(num_classes, in_chans, drop_rate) -> None:
+    _check_count("num_classes", num_classes, 0, MAX_CLASSES)  # 0: no classifier, as in timm
+    _check_count("in_chans", in_chans, 1, 64)
+    if not 0 <= drop_rate < 1:
+        raise MNV4Error(f"drop_rate must be from 0 to below 1, got {drop_rate!r}")
+
+
+def _check_count(name: str, value, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise MNV4Error(f"{name} must be an integer from {low} to {high}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,7 @@ class MobileNetV4(nn.Module):
         out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
     ):
         super().__init__()
+        _check_options(num_classes, in_chans, drop_rate)
         spec = model if isinstance(model, specs.VariantSpec) else specs.get_spec(model)
         self.spec = spec
         self.variant = spec.name
@@ -162,5 +177,6 @@ class MobileNetV4(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a freshly initialised one for `num_classes` (0: no classifier)."""
+        _check_count("num_classes", num_classes, 0, MAX_CLASSES)
         self.num_classes = num_classes
         self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()

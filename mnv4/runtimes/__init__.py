@@ -7,13 +7,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..artifact.formats import format_of
-from ..errors import DamagedArtifactError, MNV4Error, one_line
+from ..artifact.options import OPTIONS
+from ..errors import DamagedArtifactError, MissingExtraError, MNV4Error, one_line
 from .base import Runner
 
 
 def runner_class(path: str | Path) -> type[Runner]:
-    module, name = format_of(path).runner.split(":")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    """The runner of an artifact's format; its runtime missing here (ExecuTorch's needs PyTorch, which the
+    runtime-only install lacks) is a MissingExtraError naming the extra to install."""
+    row = format_of(path)
+    module, name = row.runner.split(":")
+    try:
+        return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    except ImportError as error:
+        raise MissingExtraError(f"{row.label}'s runtime ({error.name or error})", row.extra) from None
 
 
 def load(path: str | Path, threads: int = 1, runner: Callable[..., Runner] | None = None, **options) -> Runner:
@@ -24,6 +31,7 @@ def load(path: str | Path, threads: int = 1, runner: Callable[..., Runner] | Non
     path = Path(path)
     if not path.exists():
         raise MNV4Error(f"artifact not found: {path}")
+    OPTIONS["threads"].check_value(threads)
     factory = runner or runner_class(path)
     accepted = inspect.signature(factory).parameters
     for option in options:
@@ -34,6 +42,9 @@ def load(path: str | Path, threads: int = 1, runner: Callable[..., Runner] | Non
         return factory(path, threads=threads, **options)
     except MNV4Error:
         raise
+    except ImportError as error:  # a runtime that imports what it needs when it loads
+        raise MissingExtraError(f"{format_of(path).label}'s runtime ({error.name or error})", format_of(path).extra) \
+            from None
     except Exception as error:  # the runtime's own complaint about the file, whatever its type
         runtime = getattr(factory, "runtime", None) or format_of(path).label
         raise DamagedArtifactError(f"{runtime} cannot load {path}: {one_line(error)}") from None

@@ -2,14 +2,15 @@
 a callable from an NCHW float32 batch to float32 logits out."""
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ..artifact.formats import LAYOUTS
-from ..errors import MNV4Error
+from ..errors import DamagedArtifactError, MNV4Error, one_line
 
 
 class Runner(ABC):
@@ -27,6 +28,10 @@ class Runner(ABC):
     # xnnpack_fp16), which decides the parity limits (precisions.limits_for); None: as the manifest records.
     compute_dtype: str | None = None
 
+    # The artifact's input (channels, height, width) as NCHW, where its file says; set by each runner, for the check
+    # of what it is given.
+    input_size: tuple[int, int, int] | None = None
+
     def __init__(self, path: str | Path, threads: int = 1):
         self.path = Path(path)
         self.threads = threads
@@ -36,13 +41,35 @@ class Runner(ABC):
         """Map an NCHW float32 batch to a (batch, classes) float32 array of logits."""
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or not len(batch) or (self.input_size and batch.shape[1:] != self.input_size):
+            expected = ", ".join(map(str, self.input_size or ("C", "H", "W")))
+            raise MNV4Error(f"{self.path.name or self.runtime} takes NCHW batches of shape (N, {expected}), not an "
+                            f"array of shape {batch.shape}")
         return self.run(np.ascontiguousarray(batch, dtype=np.float32))
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Around the runtime's own call: what it raises there is the artifact's (or its runtime's) failure, a
+        DamagedArtifactError naming the file, not a bug of mnv4's."""
+        try:
+            yield
+        except MNV4Error:
+            raise
+        except Exception as error:  # whatever the runtime raises
+            raise DamagedArtifactError(f"{self.runtime} cannot run {self.path.name}: {one_line(error)}") from None
 
     def execution(self) -> dict:
         """What the runtime did with the artifact, as far as it tells (its delegate and whether that took the
         whole graph, its execution providers), for the records: numbers from another kernel than intended are
         not the ones a report claims."""
         return {}
+
+
+def input_size(input_shape, layout: str) -> tuple[int, int, int] | None:
+    """(channels, height, width) of an NCHW or NHWC input shape, where all three are fixed numbers."""
+    sizes = (input_shape[3], input_shape[1], input_shape[2]) if layout == "NHWC" else tuple(input_shape[1:4])
+    return tuple(int(s) for s in sizes) if all(isinstance(s, (int, np.integer)) and s > 0 for s in sizes) else None
 
 
 def artifact_layout(input_shape, layout: str | None) -> str:

@@ -30,20 +30,22 @@ class Interface:
     image_input: bool
     output_name: str
     artifact_batch: int | None  # None: a dynamic batch
+    input_size: tuple[int, int, int]  # (channels, height, width)
 
 
 def read_interface(spec) -> Interface:
     description = spec.description
     model_input = description.input[0]
     image_input = model_input.type.WhichOneof("Type") == "imageType"
-    artifact_batch = 1  # an image input is one image
-    if not image_input:
-        array = model_input.type.multiArrayType
-        # A RangeDim batch shows as a size range; a fixed batch only as the shape.
-        batch_range = array.shapeRange.sizeRanges[0] if array.shapeRange.sizeRanges else None
-        dynamic = batch_range is not None and batch_range.upperBound != batch_range.lowerBound
-        artifact_batch = None if dynamic else int(array.shape[0])
-    return Interface(model_input.name, image_input, description.output[0].name, artifact_batch)
+    if image_input:  # one image
+        image = model_input.type.imageType
+        return Interface(model_input.name, True, description.output[0].name, 1, (3, int(image.height), int(image.width)))
+    array = model_input.type.multiArrayType
+    # A RangeDim batch shows as a size range; a fixed batch only as the shape.
+    batch_range = array.shapeRange.sizeRanges[0] if array.shapeRange.sizeRanges else None
+    dynamic = batch_range is not None and batch_range.upperBound != batch_range.lowerBound
+    return Interface(model_input.name, False, description.output[0].name, None if dynamic else int(array.shape[0]),
+                     tuple(int(size) for size in array.shape[1:4]))
 
 
 class CoreMLPredictRunner(Runner):
@@ -69,6 +71,7 @@ class CoreMLPredictRunner(Runner):
         self.compute_units = compute_units or recorded or "cpu_only"
         self.model = ct.models.MLModel(str(self.path), compute_units=ct.ComputeUnit[self.compute_units.upper()])
         self.interface = read_interface(self.model.get_spec())
+        self.input_size = self.interface.input_size
         if self.interface.image_input:
             raise MNV4Error(f"{self.path.name} takes an image, not the normalised NCHW tensors a runner is given; "
                             f"export it with a tensor input to run it in Core ML")
@@ -77,7 +80,8 @@ class CoreMLPredictRunner(Runner):
         return run_in_artifact_batches(batch, "NCHW", np.float32, self.interface.artifact_batch, self._infer)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.model.predict({self.interface.input_name: batch})[self.interface.output_name]
+        with self.running():
+            return self.model.predict({self.interface.input_name: batch})[self.interface.output_name]
 
 
 class CoreMLProgramRunner(Runner):
@@ -99,6 +103,7 @@ class CoreMLProgramRunner(Runner):
 
         self.program = Program(self.path)
         self.interface = read_interface(self.program.spec)
+        self.input_size = self.interface.input_size
         self.pixel_normalisation = None
         if self.interface.image_input:
             if mean is None or std is None:
@@ -110,7 +115,8 @@ class CoreMLProgramRunner(Runner):
         from ..artifact.manifest import read_manifest
 
         try:
-            preprocessing = read_manifest(self.path).preprocessing
+            # What the command's own check allowed (an edited manifest with --allow-modified) is taken as it is.
+            preprocessing = read_manifest(self.path, allow_modified=True).preprocessing
         except MNV4Error as error:
             # Off macOS nothing else can run it: reported as not executed (never as a pass) rather than as
             # a failed export. `mnv4 verify`, with the manifest written, runs it.
@@ -135,7 +141,8 @@ class CoreMLProgramRunner(Runner):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        outputs = self.program.run({self.interface.input_name: torch.from_numpy(batch)})
+        with self.running():
+            outputs = self.program.run({self.interface.input_name: torch.from_numpy(batch)})
         return outputs[self.interface.output_name].float().numpy()
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ..artifact.formats import DELEGATES
 from ..errors import MissingExtraError, PlatformUnsupportedError
-from .base import Runner, artifact_layout, run_in_artifact_batches
+from .base import Runner, artifact_layout, input_size, run_in_artifact_batches
 
 # A constant method the exporter stores in the .pte beside `forward`, so that the runner knows whether the
 # batch axis is free without a manifest.
@@ -44,6 +44,7 @@ class ExecuTorchRunner(Runner):
         self._bind_threadpool()
         program_input = self._forward.metadata.input_tensor_meta(0).sizes()
         self.layout = artifact_layout(program_input, layout)
+        self.input_size = input_size(program_input, self.layout)
         # A dynamic-batch program's input is sized for its largest batch (memory is planned for it).
         self.max_batch = program_input[0]
         # A .pte from elsewhere lacks the method: treat it as fixed-batch, which is always safe.
@@ -88,10 +89,11 @@ class ExecuTorchRunner(Runner):
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         # A dynamic batch may be any size up to max_batch: split larger ones.
-        return np.concatenate([
-            self._forward.execute([torch.from_numpy(batch[start:start + self.max_batch])])[0].numpy()
-            for start in range(0, len(batch), self.max_batch)
-        ])
+        with self.running():
+            return np.concatenate([
+                self._forward.execute([torch.from_numpy(batch[start:start + self.max_batch])])[0].numpy()
+                for start in range(0, len(batch), self.max_batch)
+            ])
 
 
 def program_interface(path: str | Path) -> dict:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingExtraError, MNV4Error
-from .base import Runner, artifact_layout, run_in_artifact_batches
+from .base import Runner, artifact_layout, input_size, run_in_artifact_batches
 
 # TFLITE_XNNPACK_DELEGATE_FLAG_FORCE_FP16 (tflite/delegates/xnnpack/xnnpack_delegate.h): every float32 operator
 # computes in float16, as XNNPACK does on phones when an app asks for it. LiteRT's CPU accelerator puts the flags
@@ -46,6 +46,7 @@ class LiteRTRunner(Runner):
         self._quantize = quantization_of(model_input)
         self._dequantize = quantization_of(model_output)
         self.layout = artifact_layout(model_input["shape_signature"], layout)
+        self.input_size = input_size(model_input["shape_signature"], self.layout)
         # shape_signature marks a dynamic axis with -1.
         batch = int(model_input["shape_signature"][0])
         self.artifact_batch = None if batch == -1 else batch
@@ -67,19 +68,20 @@ class LiteRTRunner(Runner):
                 "xnnpack_fp16": self._forced_fp16 is not None}
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        if self._forced_fp16:
-            return self._forced_fp16.run(batch)
-        if tuple(self.interpreter.get_input_details()[0]["shape"]) != batch.shape:
-            # Only a dynamic-batch artifact gets here: fixed ones are always fed their own shape.
-            self.interpreter.resize_tensor_input(self._input_index, batch.shape)
-            self.interpreter.allocate_tensors()
         if self._quantize:
             scale, zero_point = self._quantize
             limits = np.iinfo(self._input_dtype)
             batch = np.clip(np.round(batch / scale) + zero_point, limits.min, limits.max).astype(self._input_dtype)
-        self.interpreter.set_tensor(self._input_index, batch)
-        self.interpreter.invoke()
-        logits = self.interpreter.get_tensor(self._output_index)
+        with self.running():
+            if self._forced_fp16:
+                return self._forced_fp16.run(batch)
+            if tuple(self.interpreter.get_input_details()[0]["shape"]) != batch.shape:
+                # Only a dynamic-batch artifact gets here: fixed ones are always fed their own shape.
+                self.interpreter.resize_tensor_input(self._input_index, batch.shape)
+                self.interpreter.allocate_tensors()
+            self.interpreter.set_tensor(self._input_index, batch)
+            self.interpreter.invoke()
+            logits = self.interpreter.get_tensor(self._output_index)
         if self._dequantize:
             scale, zero_point = self._dequantize
             logits = (logits.astype(np.float32) - zero_point) * np.float32(scale)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingExtraError
-from .base import Runner, artifact_layout, run_in_artifact_batches
+from .base import Runner, artifact_layout, input_size, run_in_artifact_batches
 
 _ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -28,11 +28,14 @@ class OnnxRuntimeRunner(Runner):
         providers = ["CPUExecutionProvider"]
         if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=providers)
+        # From its bytes: a model that reads weights from files beside it (external data) cannot load, so what runs
+        # is the one file whose sha256 the manifest records (mnv4 writes self-contained ONNX files).
+        self.session = onnxruntime.InferenceSession(self.path.read_bytes(), options, providers=providers)
         (model_input,) = self.session.get_inputs()
         self._input_name = model_input.name
         self._input_dtype = _ONNX_DTYPES[model_input.type]
         self.layout = artifact_layout(model_input.shape, layout)
+        self.input_size = input_size(model_input.shape, self.layout)
         # A dynamic axis reads as a name (or None), a fixed one as its size.
         self.artifact_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None
 
@@ -43,4 +46,5 @@ class OnnxRuntimeRunner(Runner):
         return {"execution_providers": self.session.get_providers()}
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self._input_name: batch})[0]
+        with self.running():
+            return self.session.run(None, {self._input_name: batch})[0]

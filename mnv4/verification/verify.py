@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..artifact import schema
 from ..artifact.manifest import Manifest
 from ..artifact.parity import MAX_TOP1_LOSS_POINTS, judge
 from ..artifact.precisions import Limits, limits_for
@@ -51,7 +52,7 @@ def verify_manifest(artifact: Path, manifest: Manifest, weights: Path | None = N
     if reference == "auto":
         reference = "model" if weights is not None or (manifest.reference is None and torch_installed()) else "stored"
     if reference == "stored":
-        expected = read_reference(artifact, manifest.reference)
+        expected = read_reference(artifact, manifest)
     elif not torch_installed():
         raise MissingExtraError("PyTorch (to rebuild the reference from the model)", "torch")
     else:
@@ -60,8 +61,18 @@ def verify_manifest(artifact: Path, manifest: Manifest, weights: Path | None = N
         model, preprocessing = manifest_model(artifact, manifest, weights)
         expected = compute_reference(model, preprocessing, threads, max(manifest.verify_batches))
     if max_loss_points is None:
-        max_loss_points = manifest.parity.get("task", {}).get("max_top1_loss_points", MAX_TOP1_LOSS_POINTS)
+        max_loss_points = _exported_bound(artifact, manifest)
     limits = limits_for(manifest.precision, getattr(candidate, "compute_dtype", None) or manifest.compute_dtype)
     parity = judge(expected, candidate, limits, tuple(manifest.verify_batches), max_loss_points)
     return {**parity, "reference_source": "stored beside the manifest" if reference == "stored" else "rebuilt from the model",
             "execution": candidate.execution()}
+
+
+def _exported_bound(artifact: Path, manifest: Manifest) -> float:
+    """The fixture's accuracy bound the artifact was exported with (the default where it records none)."""
+    task = manifest.parity.get("task")
+    bound = task.get("max_top1_loss_points", MAX_TOP1_LOSS_POINTS) if isinstance(task, dict) else MAX_TOP1_LOSS_POINTS
+    if not schema.number(0, 100).accepts(bound):
+        raise MNV4Error(f"the manifest of {artifact.name} records the accuracy bound {schema.shown(bound)}: not a number "
+                        f"of points from 0 to 100")
+    return bound

@@ -87,13 +87,15 @@ def _html_figure(make_figure, caption: str) -> str:
     if make_figure is None:
         return f'<p class="note">{html.escape(caption)}</p>'
     try:
-        import matplotlib  # noqa: F401  (an optional extra: the runtime-only install has no plots)
+        import matplotlib  # an optional extra: the runtime-only install has no plots
     except ImportError:
         return (f'<p class="note">{html.escape(caption)} (not drawn: matplotlib is not installed; '
                 f"pip install 'mnv4[bench]')</p>")
-    figure = make_figure()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
+    # Names from results files (a machine called "a$b") are text, never TeX for matplotlib's math parser.
+    with matplotlib.rc_context({"text.parse_math": False}):
+        figure = make_figure()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=DPI)
     width = round(figure.get_figwidth() * 96)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return (f'<figure><img src="data:image/png;base64,{data}" width="{width}" alt="{html.escape(caption)}">'
