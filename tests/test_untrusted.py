@@ -323,11 +323,12 @@ def test_coreml_compare_without_torch_says_what_it_needs(store):
 
 def test_a_corrupt_cached_fixture_is_trained_again_and_an_unwritable_cache_refused_at_once(tmp_path, monkeypatch,
                                                                                           cli):
-    from mnv4.model.task import Recipe, task_of, trained_fixture
+    from mnv4.model.task import TASK, Recipe, cache_dir, task_of, trained_fixture
 
     monkeypatch.setenv("MNV4_CACHE", str(tmp_path / "cache"))
     recipe = Recipe("conv_small", epochs=1, resolution=32)
-    path = trained_fixture("conv_small", recipe)
+    path = cache_dir() / f"{TASK}-conv_small-r32-{recipe.key()}.safetensors"  # where it is cached
+    path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
     assert trained_fixture("conv_small", recipe) == path and task_of(path) == "digits"
     (tmp_path / "file").write_text("")
