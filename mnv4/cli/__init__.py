@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         # A signal may surface as another exception (a library that turns the KeyboardInterrupt raised inside its
         # import into an ImportError, say): then the signal is what happened.
         code, lines = (EXIT_OK, []) if stopped_by else _failure(error, debug)
-    except KeyboardInterrupt:
-        code, lines = EXIT_OK, []
+    except KeyboardInterrupt:  # not through `stop` (which records the signal): reported below if it was one
+        code, lines = EXIT_INTERRUPTED + signal.SIGINT, [] if stopped_by else ["interrupted"]
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
