@@ -22,14 +22,14 @@ from ..errors import MNV4Error
 from . import schema
 from .files import manifest_path, read_json, sha256, write_json_atomically
 from .formats import FORMATS
-from .options import MAX_BATCH, MAX_RESOLUTION, MIN_RESOLUTION
+from .options import MAX_BATCH, MAX_CLASSES, MAX_RESOLUTION, MIN_RESOLUTION
 from .parity import DYNAMIC_VERIFY_BATCHES
 from .precisions import ARTIFACT_PRECISIONS, Limits, limits_for
+from .reference import MAX_INPUTS
 
 SCHEMA = 2
 READABLE_SCHEMAS = (1, 2)
 DYNAMIC = "dynamic"  # the manifest's batch of an artifact whose batch axis is free
-MAX_CLASSES = 100_000
 CHANGED = ("pass --allow-modified to use it as it is, or export it again")
 
 
@@ -163,7 +163,7 @@ _WEIGHTS = {"kind": schema.one_of(("checkpoint", "seeded-calibrated"))}
 _CHECKPOINT = {"path": schema.text(), "sha256": schema.SHA256}
 _SEEDED = {"seed": schema.integer(0, 2**32 - 1)}
 _REFERENCE = {"file": _TEXT, "sha256": schema.SHA256, "inputs": schema.OBJECT}
-_INPUTS = {"photos": schema.integer(1, 1024), "random": schema.integer(0, 1024)}
+_INPUTS = {"photos": schema.integer(1, MAX_INPUTS), "random": schema.integer(0, MAX_INPUTS)}
 
 
 def _check_parts(document: dict, where: str) -> None:

@@ -19,6 +19,7 @@ MIN_RESOLUTION, MAX_RESOLUTION = 32, 1024  # beyond 1024 px an export needs more
 MAX_BATCH = 1024  # also the largest batch of a dynamic-batch artifact
 MAX_THREADS = 256
 MAX_CALIBRATION_IMAGES = 2048
+MAX_CLASSES = 100_000  # of a model and of the manifest of its artifact
 
 # Core ML's load-time choice of hardware (coremltools' ct.ComputeUnit, lower-cased), and the deployment targets whose
 # programs are ML programs, each with the Core ML specification version its programs get.

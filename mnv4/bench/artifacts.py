@@ -23,7 +23,6 @@ from ..artifact.precisions import FP16
 from ..artifact.reference import Reference, read_reference
 from ..errors import MissingExtraError, MNV4Error
 from ..runtimes import runner_class
-from ..text import printable
 from .measure import Progress, finish_rows, is_measured, measure_again, measure_row
 from .plan import Measurement, Row, check_measurement
 from .results import Status, results_document
@@ -44,11 +43,13 @@ class Found:
     path: Path
     manifest: Manifest
     reference: Reference
+    changes: tuple[str, ...] = ()  # how it differs from what its export wrote (taken with allow_modified)
 
 
 def find_artifacts(paths: list[Path], allow_modified: bool = False) -> list[Found]:
     """The artifacts named, or found in the folders named (each with a manifest beside it), checked before
-    anything runs: each is what its export wrote (unless `allow_modified`, which warns), has its stored reference,
+    anything runs: each is what its export wrote (unless `allow_modified`: then `changes` says how not), has its
+    stored reference,
     and all are of one model (variant, resolution, weights), the unit of a results file."""
     suffixes = tuple(row.suffix for row in FORMATS.values())
     candidates = []
@@ -65,9 +66,8 @@ def find_artifacts(paths: list[Path], allow_modified: bool = False) -> list[Foun
     found = []
     for path in candidates:
         manifest = read_manifest(path, allow_modified)
-        for change in unchanged(path, manifest, allow_modified):
-            print(f"warning: {printable(change)}", file=sys.stderr)
-        found.append(Found(path, manifest, read_reference(path, manifest)))
+        changes = tuple(unchanged(path, manifest, allow_modified))
+        found.append(Found(path, manifest, read_reference(path, manifest), changes))
     rows = {}
     for item in found:
         identity = row_of(item, 1).key()
@@ -128,8 +128,8 @@ def _measure_artifacts(found: list[Found], options: ArtifactBenchOptions, work: 
     machine = machine_info()
     if options.machine_name:
         machine["id"] = options.machine_name
-    jobs = [(row_of(item, threads), _job(item, index, threads, options, work), item.reference)
-            for index, item in enumerate(found) for threads in options.threads]
+    jobs = [(row_of(item, job.threads), job, item.reference) for index, item in enumerate(found)
+            for job in _jobs(item, index, options, work)]
     total = len(jobs) * options.repeats
     for repeat in range(options.repeats):
         for done, (row, job, reference) in enumerate(jobs, start=repeat * len(jobs)):
@@ -151,8 +151,8 @@ def _measure_artifacts(found: list[Found], options: ArtifactBenchOptions, work: 
         finish_rows([row for row, _, _ in jobs], size.get("macs"), machine["fma_peak_gflops_per_thread"]))
 
 
-def _job(item: Found, index: int, threads: int, options: ArtifactBenchOptions, work: Path) -> WorkerJob:
-    """The worker job of one artifact at one thread count, its inputs saved for it."""
+def _jobs(item: Found, index: int, options: ArtifactBenchOptions, work: Path) -> list[WorkerJob]:
+    """The worker jobs of one artifact, one per thread count, its inputs saved once for all of them."""
     inputs, task_inputs = work / f"inputs_{index}.npy", work / f"task_inputs_{index}.npy"
     np.save(inputs, item.reference.inputs)
     if item.reference.task is not None:
@@ -160,7 +160,8 @@ def _job(item: Found, index: int, threads: int, options: ArtifactBenchOptions, w
     manifest = item.manifest
     # fp16 artifacts only: the flag forces every float operator of a file to float16, fp32 ones too
     forced = options.xnnpack_fp16 and manifest.format == "tflite" and manifest.precision == FP16.name
-    return WorkerJob(inputs=str(inputs), timing=options.timing, threads=threads,
-                     batch=1 if manifest.dynamic_batch else manifest.batch, path=str(item.path),
-                     runner_options={"xnnpack_fp16": True} if forced else {},
-                     task_inputs=str(task_inputs) if item.reference.task is not None else None)
+    return [WorkerJob(inputs=str(inputs), timing=options.timing, threads=threads,
+                      batch=1 if manifest.dynamic_batch else manifest.batch, path=str(item.path),
+                      runner_options={"xnnpack_fp16": True} if forced else {},
+                      task_inputs=str(task_inputs) if item.reference.task is not None else None)
+            for threads in options.threads]

@@ -48,7 +48,7 @@ def run(
     if not manifest.dynamic_batch and manifest.batch > 1:
         pixels = np.repeat(pixels, manifest.batch, axis=0)
     with captured(not verbose):
-        logits = load(artifact, threads=check_threads(threads))(pixels)[0]
+        logits = load(artifact, threads=threads)(pixels)[0]
     names = manifest.labels or (imagenet_class_names() if len(logits) == 1000 else None)
     for line in top_classes(logits, top, names):
         typer.echo(printable(line))
@@ -81,7 +81,7 @@ def verify(
     manifest = read_manifest(artifact, allow_modified)
     warn(unchanged(artifact, manifest, allow_modified))
     with captured(not verbose):
-        parity = verify_manifest(artifact, manifest, weights, check_threads(threads), max_accuracy_loss, reference,
+        parity = verify_manifest(artifact, manifest, weights, threads, max_accuracy_loss, reference,
                                  **runner_options(xnnpack_fp16))
     stderr_lines([parity_line(parity)])
     if json_output:

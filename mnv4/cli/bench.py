@@ -110,6 +110,7 @@ def bench_artifacts(
                                    machine_name=machine_name)
     check_artifact_options(options)
     found = find_artifacts(list(paths), allow_modified)
+    warn([change for item in found for change in item.changes])
     _measure(lambda progress: run_bench_artifacts(found, options, output_dir, progress), output_dir, strict, verbose)
 
 

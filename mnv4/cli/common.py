@@ -27,7 +27,6 @@ Top = Annotated[int, typer.Option("--top", "-k", min=1, max=1000, help="How many
 AllowModified = Annotated[bool, typer.Option(
     "--allow-modified", help="Use an artifact or a manifest that changed after its export, as it is (a warning says "
     "what changed); without it they are refused.")]
-OutputDir = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where results and reports go.")]
 
 
 def require_torch(command: str, instead: str = "") -> None:

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..artifact.options import MAX_CLASSES
 from ..errors import InputShapeError, MNV4Error
 from . import specs
 from .blocks import ACTIVATIONS, ConvBN, FusedIB, MobileMQABlock, UniversalInvertedBottleneck, conv2d, make_divisible
-
-MAX_CLASSES = 100_000
 
 
 def _check_options(num_classes, in_chans, drop_rate) -> None:

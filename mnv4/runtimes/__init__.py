@@ -15,12 +15,16 @@ from .base import Runner
 def runner_class(path: str | Path) -> type[Runner]:
     """The runner of an artifact's format; its runtime missing here (ExecuTorch's needs PyTorch, which the
     runtime-only install lacks) is a MissingExtraError naming the extra to install."""
-    row = format_of(path)
-    module, name = row.runner.split(":")
+    module, name = format_of(path).runner.split(":")
     try:
         return getattr(importlib.import_module(f"{__name__}.{module}"), name)
     except ImportError as error:
-        raise MissingExtraError(f"{row.label}'s runtime ({error.name or error})", row.extra) from None
+        raise _missing_runtime(path, error) from None
+
+
+def _missing_runtime(path: str | Path, error: ImportError) -> MissingExtraError:
+    row = format_of(path)
+    return MissingExtraError(f"{row.label}'s runtime ({error.name or error})", row.extra)
 
 
 def load(path: str | Path, threads: int = 1, runner: Callable[..., Runner] | None = None, **options) -> Runner:
@@ -43,8 +47,7 @@ def load(path: str | Path, threads: int = 1, runner: Callable[..., Runner] | Non
     except MNV4Error:
         raise
     except ImportError as error:  # a runtime that imports what it needs when it loads
-        raise MissingExtraError(f"{format_of(path).label}'s runtime ({error.name or error})", format_of(path).extra) \
-            from None
+        raise _missing_runtime(path, error) from None
     except Exception as error:  # the runtime's own complaint about the file, whatever its type
         runtime = getattr(factory, "runtime", None) or format_of(path).label
         raise DamagedArtifactError(f"{runtime} cannot load {path}: {one_line(error)}") from None
