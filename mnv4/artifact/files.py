@@ -90,11 +90,12 @@ def remove_stale_partials(output: Path) -> None:
     whose process no longer runs."""
     for path in output.parent.glob(f".{output.stem}.partial-*{output.suffix}*"):
         pid = path.name.removeprefix(f".{output.stem}.partial-").split(".")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_running(int(pid)):
             remove_artifact(path)
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether process `pid` still runs (another user's counts), so that what it is writing is left alone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -158,15 +159,7 @@ def read_json(path: str | Path, what: str) -> object:
     the file: unreadable, too large to be one, not UTF-8, not JSON, NaN or Infinity (not JSON either), nested too
     deep to parse."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise MNV4Error(f"{what} {path} is {size} bytes, more than any {what} ({MAX_JSON_BYTES} bytes)")
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise MNV4Error(f"cannot read {what} {path}: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise MNV4Error(f"{what} {path} is not UTF-8 text") from None
+    text = read_text(path, what, MAX_JSON_BYTES)
     try:
         return json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as error:
@@ -175,6 +168,20 @@ def read_json(path: str | Path, what: str) -> object:
         raise MNV4Error(f"{what} {path} is not valid JSON: {error}") from None
     except RecursionError:
         raise MNV4Error(f"{what} {path} is not valid JSON: nested too deeply") from None
+
+
+def read_text(path: Path, what: str, most: int) -> str:
+    """The UTF-8 text of a file mnv4 reads (`what` names it: "manifest", "--labels file"), as written (no newline
+    translation), or a one-line refusal naming the file: unreadable, larger than `most` bytes, not UTF-8."""
+    try:
+        size = path.stat().st_size
+        if size > most:
+            raise MNV4Error(f"{what} {path} is {size} bytes, more than any {what} ({most} bytes)")
+        return path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise MNV4Error(f"cannot read {what} {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise MNV4Error(f"{what} {path} is not UTF-8 text") from None
 
 
 def _not_json(constant: str):

@@ -89,7 +89,7 @@ def read_reference(artifact: str | Path, manifest) -> Reference:
     try:
         with np.load(path, allow_pickle=False) as stored:
             meta = schema.check(json.loads(str(stored["meta"])), _META, f"the stored reference {path} (meta)")
-            count = _check_arrays(stored, _INPUT_ARRAYS, meta["task"] is not None, manifest, path)
+            count = _check_arrays(stored, meta["task"] is not None, manifest, path)
             if not 1 <= meta["photos"] <= count:
                 raise MNV4Error(f"the stored reference {path} says {meta['photos']} of its {count} inputs are photos")
             task = TaskReference(meta["task"], stored["task_images"], stored["task_labels"],
@@ -104,10 +104,10 @@ _META = {"photos": schema.integer(1, MAX_INPUTS), "task": schema.NOTHING | schem
          "task_not_measured": schema.NOTHING | schema.OBJECT}
 
 
-def _check_arrays(stored, names: tuple[str, ...], with_task: bool, manifest, path: Path) -> int:
+def _check_arrays(stored, with_task: bool, manifest, path: Path) -> int:
     """Each array's shape and dtype from its header, against what the manifest's model gives; the number of inputs."""
     resolution, classes = manifest.resolution, manifest.num_classes
-    headers = {name: _header(stored, name) for name in (*names, *(_TASK_ARRAYS if with_task else ()))}
+    headers = {name: _header(stored, name) for name in (*_INPUT_ARRAYS, *(_TASK_ARRAYS if with_task else ()))}
     count = headers["inputs"][0][0] if headers["inputs"][0] else 0
     task_count = headers["task_images"][0][0] if with_task and headers["task_images"][0] else 0
     expected = {"inputs": ((count, 3, resolution, resolution), "float32"), "pytorch_fp32": ((count, classes), "float32"),

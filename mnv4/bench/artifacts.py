@@ -16,16 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import schema
-from ..artifact.files import claimed
 from ..artifact.formats import FORMATS
 from ..artifact.manifest import Manifest, manifest_path, read_manifest, unchanged
 from ..artifact.precisions import FP16
 from ..artifact.reference import Reference, read_reference
 from ..errors import MissingExtraError, MNV4Error
 from ..runtimes import runner_class
-from .measure import Progress, finish_rows, is_measured, measure_again, measure_row
+from .measure import Progress, finish_rows, is_measured, measure_again, measure_and_report, measure_row
 from .plan import Measurement, Row, check_measurement
-from .results import Status, results_document
+from .results import Status, results_document, unavailable_reason
 from .worker import WorkerJob
 
 
@@ -91,7 +90,7 @@ def row_of(found: Found, threads: int) -> Row:
     try:
         runtime, status, reason = runner_class(found.path).runtime, Status.OK, None
     except MissingExtraError as error:
-        runtime, status, reason = manifest.format, Status.UNAVAILABLE, f"unavailable: install mnv4[{error.extra}]"
+        runtime, status, reason = manifest.format, Status.UNAVAILABLE, unavailable_reason(error)
     return Row("mnv4", manifest.format, runtime, "cpu", manifest.precision, threads,
                1 if manifest.dynamic_batch else manifest.batch, artifact=found.path, compute_dtype=manifest.compute_dtype,
                export_seconds=manifest.export_seconds, status=status, reason=reason)
@@ -108,15 +107,8 @@ def bench_artifacts(found: list[Found], options: ArtifactBenchOptions, output_di
                     progress: Progress = lambda text, done, total: None) -> dict:
     """Measure every artifact (from `find_artifacts`) at every thread count, in `repeats` processes each, and
     write results.json, report.md and report.html."""
-    from .report import write_report
-    from .results import write_results
-
-    with claimed(output_dir, "the output folder"):
-        results = _measure_artifacts(found, options, output_dir / "work", progress)
-        write_results(results, output_dir / "results.json")
-        progress("writing the report", len(results["rows"]), len(results["rows"]))
-        write_report([results], output_dir)
-    return results
+    return measure_and_report(output_dir, lambda: _measure_artifacts(found, options, output_dir / "work", progress),
+                              progress)
 
 
 def _measure_artifacts(found: list[Found], options: ArtifactBenchOptions, work: Path, progress: Progress) -> dict:

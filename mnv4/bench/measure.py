@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact.files import artifact_bytes
+from ..artifact.files import artifact_bytes, claimed
 from ..artifact.parity import row_parity
 from ..artifact.precisions import FP32, PRECISIONS
 from ..artifact.reference import Reference
@@ -30,6 +30,20 @@ COREML_LATENCY = "latency: macOS only (parity from the Core ML program interpret
 
 # Told what is happening, and how many of how many rows are done.
 Progress = Callable[[str, int, int], None]
+
+
+def measure_and_report(output_dir: Path, measure: Callable[[], dict], progress: Progress) -> dict:
+    """`measure()`'s results, measured while this run alone holds `output_dir`, and written there: results.json,
+    report.md and report.html."""
+    from .report import write_report
+    from .results import write_results
+
+    with claimed(output_dir, "the output folder"):
+        results = measure()
+        write_results(results, output_dir / "results.json")
+        progress("writing the report", len(results["rows"]), len(results["rows"]))
+        write_report([results], output_dir)
+    return results
 
 
 def run_worker(job: WorkerJob | dict, threads: int | None, work: Path) -> tuple[dict, np.ndarray | None,

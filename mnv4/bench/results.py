@@ -12,7 +12,7 @@ from ..artifact import schema
 from ..artifact.files import plain, read_json, write_json_atomically
 from ..artifact.formats import FORMATS, TORCH
 from ..artifact.precisions import PRECISIONS
-from ..errors import MNV4Error
+from ..errors import MissingExtraError, MNV4Error
 
 SCHEMA = "mnv4-bench/1"
 
@@ -29,6 +29,10 @@ class Status(str, Enum):
     def __str__(self) -> str:  # as its value, where Python 3.11 would print "Status.OK"
         return self.value
 
+
+def unavailable_reason(error: MissingExtraError) -> str:
+    """The reason of a row whose toolchain or runtime is not installed here: what to install."""
+    return f"unavailable: install mnv4[{error.extra}]"
 
 
 SOURCES = ("mnv4", "timm")

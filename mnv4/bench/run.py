@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact.files import claimed, remove_artifact
+from ..artifact.files import remove_artifact
 from ..artifact.formats import FORMATS, TORCH
 from ..artifact.options import ExportRequest
 from ..artifact.precisions import FP32, PRECISIONS
 from ..errors import MissingExtraError, one_line
-from .measure import Progress, finish_rows, is_measured, measure_again, measure_row, run_worker
+from .measure import Progress, finish_rows, is_measured, measure_again, measure_and_report, measure_row, run_worker
 from .plan import BenchOptions, Row, check_options, plan
-from .results import Status, results_document
+from .results import Status, results_document, unavailable_reason
 from .worker import WorkerJob, timed_batch
 
 
@@ -159,7 +159,7 @@ class Bench:
             else:
                 row.artifact, row.export_seconds, row.compute_dtype = self._artifact(row)
         except MissingExtraError as error:
-            row.status, row.reason = Status.UNAVAILABLE, f"unavailable: install mnv4[{error.extra}]"
+            row.status, row.reason = Status.UNAVAILABLE, unavailable_reason(error)
             return
         except Exception as error:  # noqa: BLE001 (a failed export fails its rows; the benchmark goes on)
             row.status, row.reason = Status.FAILED, f"export failed: {one_line(error)}"
@@ -195,12 +195,4 @@ class Bench:
 
 def bench(options: BenchOptions, output_dir: Path, progress: Progress = lambda text, done, total: None) -> dict:
     """Run the benchmark and write results.json, report.md and report.html into `output_dir`."""
-    from .report import write_report
-    from .results import write_results
-
-    with claimed(output_dir, "the output folder"):
-        results = Bench(options, output_dir, progress).run()
-        write_results(results, output_dir / "results.json")
-        progress("writing the report", len(results["rows"]), len(results["rows"]))
-        write_report([results], output_dir)
-    return results
+    return measure_and_report(output_dir, lambda: Bench(options, output_dir, progress).run(), progress)

@@ -22,7 +22,7 @@ from ..artifact.precisions import PRECISIONS
 from ..errors import MissingExtraError, MNV4Error, PlatformUnsupportedError, one_line
 from ..runtimes.base import run_in_artifact_batches
 from .latency import time_calls
-from .results import Status
+from .results import Status, unavailable_reason
 
 
 @dataclass(frozen=True)
@@ -237,7 +237,7 @@ def main(job_path: str, result_path: str) -> None:
         else:
             result = measure(WorkerJob.from_dict(document))
     except MissingExtraError as error:
-        result = {"status": Status.UNAVAILABLE, "reason": f"unavailable: install mnv4[{error.extra}]"}
+        result = {"status": Status.UNAVAILABLE, "reason": unavailable_reason(error)}
     except PlatformUnsupportedError as error:
         result = {"status": Status.UNAVAILABLE, "reason": f"unavailable: {error}"}
     except MNV4Error as error:

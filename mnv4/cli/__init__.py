@@ -31,6 +31,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
 class PipeClosed(Exception):
     """The reader of stdout went away (`mnv4 run ... | head -1`): nothing more to say to it."""
 
@@ -56,6 +58,7 @@ for command, name in ((model.info, "info"), (model.predict, "predict"), (model.f
                       (bench.bench, "bench"), (bench.bench_artifacts, "bench-artifacts"), (bench.report, "report"),
                       (artifact.coreml_compare, "coreml-compare"), (emulate.emulate, "emulate")):
     app.command(name)(_guarded(command))
+
 # Stopped by one of these, a command cleans up as Ctrl-C does (SIGHUP: a closed terminal, a dropped ssh session).
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
 

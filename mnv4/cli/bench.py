@@ -13,7 +13,7 @@ from ..artifact.formats import FORMATS, TORCH
 from ..artifact.precisions import PRECISIONS
 from ..errors import MNV4Error, ParityFailed
 from ..text import printable
-from .common import XNNPACK_FP16_HELP, AllowModified, Variant, Verbose, parse_list, warn
+from .common import XNNPACK_FP16_HELP, AllowModified, Variant, Verbose, XnnpackFp16, parse_list, warn
 
 Threads = Annotated[str, typer.Option("--threads", help="Comma-separated CPU thread counts, e.g. 1,2.")]
 Warmup = Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.")]
@@ -93,7 +93,7 @@ def bench_artifacts(
     repeats: Repeats = 1,
     iterations: Iterations = None,
     min_seconds: MinSeconds = 2.0,
-    xnnpack_fp16: Annotated[bool, typer.Option("--xnnpack-fp16", help=XNNPACK_FP16_HELP)] = False,
+    xnnpack_fp16: XnnpackFp16 = False,
     machine_name: MachineName = None,
     output_dir: BenchOutput = Path("bench-results"),
     strict: Strict = False,

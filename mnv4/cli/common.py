@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..artifact.options import OPTIONS
+from ..artifact.options import MAX_THREADS, OPTIONS
 from ..errors import MissingExtraError, MNV4Error
 from ..text import printable
 
@@ -17,7 +17,7 @@ XNNPACK_FP16_HELP = ("TFLite: XNNPACK computes in float16 where the CPU has floa
 Variant = Annotated[str, typer.Option("--variant", "-v", help=VARIANT_HELP)]
 Resolution = Annotated[int | None, typer.Option("--resolution", "-r", help=OPTIONS["resolution"].help)]
 Weights = Annotated[Path | None, typer.Option("--weights", "-w", help="A checkpoint (.safetensors/.pth/.bin).")]
-Threads = Annotated[int, typer.Option("--threads", help="Runtime threads (1 to 256).")]
+Threads = Annotated[int, typer.Option("--threads", help=f"Runtime threads (1 to {MAX_THREADS}).")]
 Verbose = Annotated[bool, typer.Option(
     "--verbose", help="Show the toolchains' and runtimes' own output (shown anyway when a step fails).")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from ..emulation.arm64 import DEFAULT_CPU
 from ..errors import ParityFailed
 
 
@@ -17,7 +18,7 @@ def emulate(
         "--output-dir", "-o", help="Where results.json, report.md, report.html and verify.json go.")]
     = Path("emulate-results"),
     cpu: Annotated[str, typer.Option(
-        "--cpu", help="The core qemu emulates (a /proc/cpuinfo of it ships with mnv4).")] = "cortex-a76",
+        "--cpu", help="The core qemu emulates (a /proc/cpuinfo of it ships with mnv4).")] = DEFAULT_CPU,
     root: Annotated[Path | None, typer.Option(
         "--root", help="Where the emulated Debian root and its wheels are built once and kept "
         "(default: $MNV4_CACHE/emulate, else ~/.cache/mnv4/emulate).")] = None,

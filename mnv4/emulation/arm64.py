@@ -29,6 +29,7 @@ from email.parser import Parser
 from importlib import metadata, resources
 from pathlib import Path
 
+from ..artifact.files import process_running
 from ..errors import MNV4Error
 
 SUITE = "bookworm"
@@ -214,7 +215,7 @@ def _building(final: Path) -> Iterator[Path]:
     folders of runs that were killed are removed first."""
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".{final.name}.partial-*"):
-        if not _alive(int(stale.name.rsplit("-", 1)[1])):
+        if not process_running(int(stale.name.rsplit("-", 1)[1])):
             shutil.rmtree(stale)
     partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
@@ -225,16 +226,6 @@ def _building(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        pass
-    return True
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -82,8 +82,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
         mlmodel.user_defined_metadata[COMPUTE_UNITS_METADATA] = options.compute_units
     mlmodel.save(str(path))
 
-    # int8 (W8A8) quantizes a float16 program: what stays float computes in float16.
-    dtype = "float16" if precision in (FP16, INT8) else "float32"
+    dtype = _program_dtype(precision)
     interface = Interface(IMAGE_INPUT_NAME if options.image_input else INPUT_NAME, "NCHW",
                           [-1 if options.dynamic_batch else example.shape[0], *example.shape[1:]],
                           "uint8" if options.image_input else "float32", OUTPUT_NAME, "float32",
@@ -122,16 +121,21 @@ def _converted(model: torch.nn.Module, example: torch.Tensor, options: ArtifactO
         model_input = ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)
     # Core ML converts the inference-dialect program that decompositions give.
     program = export_program(model, example, options.dynamic_batch).run_decompositions({})
-    # int8-weights quantizes the float32 program's weights. int8 (W8A8) quantizes a float16 program, as
-    # coremltools' activation quantization expects: its suffix pass writes float16 scales, which a float32
-    # program's quantize refuses, and what is left in float runs in float16 on the Neural Engine anyway.
     mlmodel = ct.convert(
         program, inputs=[model_input], outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
         convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
-        compute_precision=ct.precision.FLOAT16 if options.precision_row in (FP16, INT8) else ct.precision.FLOAT32,
+        compute_precision=ct.precision[_program_dtype(options.precision_row).upper()],
         # Loading compiles the model for prediction, which only macOS can do; saving needs no load.
         skip_model_load=True)
     return mlmodel, details
+
+
+def _program_dtype(precision: Precision) -> str:
+    """The float dtype of the converted program. int8-weights quantizes the float32 program's weights. int8 (W8A8)
+    quantizes a float16 program, as coremltools' activation quantization expects: its suffix pass writes float16
+    scales, which a float32 program's quantize refuses, and what is left in float runs in float16 on the Neural Engine
+    anyway."""
+    return "float16" if precision in (FP16, INT8) else "float32"
 
 
 def _image_normalisation(mean: Sequence[float], std: Sequence[float]) -> dict:

@@ -22,6 +22,7 @@ from ..artifact.files import (
     disk_is_full,
     partial_path,
     publish,
+    read_text,
     remove_artifact,
     remove_stale_partials,
     sha256,
@@ -46,12 +47,7 @@ MAX_LABELS_BYTES = 16 << 20
 def read_labels(path: Path) -> list[str]:
     """Class names, one per line (a UTF-8 byte order mark and trailing blank lines ignored, \r\n line ends too); each a
     non-empty name without control or bidirectional characters, which would reach every terminal that prints it."""
-    try:
-        if path.stat().st_size > MAX_LABELS_BYTES:
-            raise MNV4Error(f"--labels {path} is larger than any list of class names ({MAX_LABELS_BYTES} bytes)")
-        text = path.read_bytes().decode("utf-8").removeprefix(BOM)  # no newline translation: a lone \r is refused
-    except (OSError, UnicodeDecodeError) as error:
-        raise MNV4Error(f"cannot read --labels {path}: {getattr(error, 'strerror', None) or error}") from None
+    text = read_text(path, "--labels file", MAX_LABELS_BYTES).removeprefix(BOM)  # as written: a lone \r is refused
     names = [name.strip() for name in text.replace("\r\n", "\n").rstrip("\n").split("\n")]
     for line, name in enumerate(names, start=1):
         if not name:

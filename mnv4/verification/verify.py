@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..artifact import schema
 from ..artifact.manifest import Manifest
+from ..artifact.options import OPTIONS
 from ..artifact.parity import MAX_TOP1_LOSS_POINTS, judge
 from ..artifact.precisions import Limits, limits_for
 from ..artifact.reference import Reference, read_reference
@@ -72,7 +73,8 @@ def _exported_bound(artifact: Path, manifest: Manifest) -> float:
     """The fixture's accuracy bound the artifact was exported with (the default where it records none)."""
     task = manifest.parity.get("task")
     bound = task.get("max_top1_loss_points", MAX_TOP1_LOSS_POINTS) if isinstance(task, dict) else MAX_TOP1_LOSS_POINTS
-    if not schema.number(0, 100).accepts(bound):
-        raise MNV4Error(f"the manifest of {artifact.name} records the accuracy bound {schema.shown(bound)}: not a number "
-                        f"of points from 0 to 100")
+    points = schema.number(*OPTIONS["max_accuracy_loss"].bounds)
+    if not points.accepts(bound):
+        raise MNV4Error(f"the manifest of {artifact.name} records the accuracy bound {schema.shown(bound)}: not "
+                        f"{points.description} (points of top-1)")
     return bound
