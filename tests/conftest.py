@@ -58,8 +58,17 @@ class Result:
 
 def run_cli(*args, env: dict | None = None, timeout: int = 600) -> Result:
     """`mnv4 ARGS...` in a fresh process."""
-    done = subprocess.run([sys.executable, "-m", "mnv4", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return _run([sys.executable, "-m", "mnv4", *args], env, timeout)
+
+
+def run_without_torch(*args) -> Result:
+    """`mnv4 ARGS...` in a fresh process where PyTorch and the rest of the full install cannot be imported
+    (tests/without_torch.py), as on a runtime-only install."""
+    return _run([sys.executable, str(Path(__file__).with_name("without_torch.py")), *args], None, 300)
+
+
+def _run(argv: list, env: dict | None, timeout: int) -> Result:
+    done = subprocess.run([str(arg) for arg in argv], capture_output=True, text=True, timeout=timeout, env=env)
     return Result(done.returncode, done.stdout, done.stderr)
 
 
@@ -201,13 +210,14 @@ def pytest_sessionstart(session):
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def copy_artifact(source: Path, folder: Path, reference: bool = True) -> Path:
-    """A copy of a stored artifact with its manifest (and its stored reference), to change without harm."""
+def copy_artifact(source: Path, folder: Path, reference: bool = True, name: str | None = None) -> Path:
+    """A copy of a stored artifact with its manifest (and its stored reference), to change without harm; under `name`
+    where given (its manifest and reference named after it)."""
     from mnv4.artifact.manifest import manifest_path
     from mnv4.artifact.reference import reference_path
 
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / source.name
+    target = folder / (name or source.name)
     (shutil.copytree if source.is_dir() else shutil.copyfile)(source, target)
     shutil.copyfile(manifest_path(source), manifest_path(target))
     if reference and reference_path(source).exists():
@@ -215,14 +225,16 @@ def copy_artifact(source: Path, folder: Path, reference: bool = True) -> Path:
     return target
 
 
-def rewrite_manifest(artifact: Path, change) -> dict:
+def rewrite_manifest(artifact: Path, change, seal: bool = True) -> dict:
     """Apply `change` (a function of the manifest's document) and seal the result as an export would: for tests whose
-    point is what comes after the manifest check (a runtime's own refusal, a verdict on another reference)."""
+    point is what comes after the manifest check (a runtime's own refusal, a verdict on another reference). Without
+    `seal`, the integrity record stays as it was, as after an edit by hand."""
     from mnv4.artifact.manifest import manifest_path, sealed
 
     document = read_json(manifest_path(artifact))
     change(document)
-    document = sealed({key: value for key, value in document.items() if key != "integrity"})
+    if seal:
+        document = sealed({key: value for key, value in document.items() if key != "integrity"})
     manifest_path(artifact).write_text(json.dumps(document))
     return document
 

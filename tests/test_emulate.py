@@ -4,28 +4,15 @@ qemu-user-static, debootstrap and binfmt-support: it runs with `-m emulate`. The
 import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, copy_artifact, missing_system_part, rewrite_manifest, run_cli
 
-from mnv4.artifact.manifest import manifest_path
-from mnv4.artifact.reference import reference_path
 from mnv4.emulation.arm64 import INSTALL_HINT
 
 # What the end-to-end test emulates: seeded conv_small at 64 px, as (format, precision) -> the store's keywords.
 EMULATED = {("tflite", "fp32"): {}, ("tflite", "fp16"): {"nhwc": True, "dynamic_batch": True, "cli": True},
             ("tflite", "int8"): {}, ("onnx", "fp32"): {"dynamic_batch": True}, ("onnx", "int8"): {}}
-
-
-def copy_as(artifact: Path, folder: Path, name: str) -> Path:
-    """A copy of a stored artifact under another name, with its manifest and stored reference (named after it)."""
-    target = folder / name
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(artifact, target)
-    shutil.copyfile(manifest_path(artifact), manifest_path(target))
-    shutil.copyfile(reference_path(artifact), reference_path(target))
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +66,7 @@ def test_refuses_a_cpu_without_a_shipped_cpuinfo(cli, as_root, onnx_artifact):
 
 def test_refuses_a_format_whose_arm_runtime_needs_torch(cli, onnx_artifact, tmp_path):
     """An ExecuTorch artifact (here an ONNX file's manifest and reference relabelled, which is all the refusal reads)."""
-    program = copy_as(onnx_artifact, tmp_path, "conv_small.pte")
+    program = copy_artifact(onnx_artifact, tmp_path, name="conv_small.pte")
     rewrite_manifest(program, lambda manifest: manifest.update(format="executorch"))
     assert_one_line_error(cli("emulate", "arm64", program), "executorch artifacts cannot run emulated",
                           "only onnx, tflite")
@@ -88,7 +75,7 @@ def test_refuses_a_format_whose_arm_runtime_needs_torch(cli, onnx_artifact, tmp_
 def test_refuses_artifacts_of_two_models_before_any_work(cli, onnx_artifact, store, tmp_path):
     """Checked as `mnv4 bench-artifacts` checks them: one results file, one model."""
     fixture = copy_artifact(store.get("onnx", fixture=True, precision="int8", dynamic_batch=True), tmp_path / "int8")
-    assert_one_line_error(cli("emulate", "arm64", onnx_artifact, copy_as(fixture, tmp_path, "fixture_int8.onnx")),
+    assert_one_line_error(cli("emulate", "arm64", onnx_artifact, copy_artifact(fixture, tmp_path, name="fixture_int8.onnx")),
                           "are of 2 models")
 
 
@@ -109,7 +96,7 @@ def test_arm_kernels_pass_every_artifact_with_xnnpack_and_float16_arithmetic(sto
     artifacts = tmp_path / "artifacts"  # one folder, each stored artifact under a name of its own
     for (fmt, precision), options in EMULATED.items():
         stored = store.get(fmt, precision=precision, **options)
-        copy_as(stored, artifacts, f"conv_small_{precision}{stored.suffix}")
+        copy_artifact(stored, artifacts, name=f"conv_small_{precision}{stored.suffix}")
     output = tmp_path / "out"
     result = run_cli("emulate", "arm64", artifacts, "--output-dir", output, timeout=1800)
     assert result.returncode == 0, result.stderr

@@ -30,7 +30,7 @@ def unit_of(path: Path) -> str:
 def imported_units(path: Path):
     """(line, unit) of every mnv4 unit the file imports, at module level or inside functions."""
     module = ["mnv4", *path.relative_to(MNV4).with_suffix("").parts]
-    package = module[:-1] if module[-1] != "__init__" else module[:-1]
+    package = module[:-1]  # the package a relative import starts from, for an __init__ too
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             base = package[:len(package) - node.level + 1] if node.level else []

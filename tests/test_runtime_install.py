@@ -4,27 +4,16 @@ package of the full install made unimportable (tests/without_torch.py, a fresh p
 reaching the verdict the model itself reaches (`mnv4` in this process, which has PyTorch)."""
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Result, assert_one_line_error, copy_artifact, manifest_of, rewrite_manifest
+from conftest import assert_one_line_error, copy_artifact, manifest_of, rewrite_manifest, run_without_torch
 from PIL import Image
 
 from mnv4.artifact.files import sha256
 from mnv4.artifact.manifest import manifest_path, read_manifest
 from mnv4.artifact.parity import verification_inputs
 from mnv4.artifact.reference import Reference, read_reference, reference_path
-
-WITHOUT_TORCH = Path(__file__).with_name("without_torch.py")
-
-
-def run_without_torch(*args) -> Result:
-    done = subprocess.run([sys.executable, str(WITHOUT_TORCH), *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
-    return Result(done.returncode, done.stdout, done.stderr)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from conftest import (
     copy_artifact,
     rewrite_manifest,
     run_cli,
+    run_without_torch,
     seeded,
 )
 from PIL import Image
@@ -27,26 +27,10 @@ from mnv4.artifact.reference import reference_path
 from mnv4.errors import MNV4Error
 from mnv4.text import printable
 
-WITHOUT_TORCH = Path(__file__).with_name("without_torch.py")
-
-
-def run_without_torch(*args):
-    done = subprocess.run([sys.executable, str(WITHOUT_TORCH), *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
-    return done
-
 
 @pytest.fixture(scope="module")
 def onnx(store):
     return store.get("onnx", dynamic_batch=True)
-
-
-def edited(artifact: Path, change) -> Path:
-    """The manifest changed by hand, as a careless or hostile user would: its integrity record left as it was."""
-    document = json.loads(manifest_path(artifact).read_text())
-    change(document)
-    manifest_path(artifact).write_text(json.dumps(document))
-    return artifact
 
 
 # ------------------------------------------------------------------------------------------ concurrent runs
@@ -90,7 +74,8 @@ def test_measurements_at_once_in_one_folder_each_read_their_own_logits(store, tm
 ])
 def test_a_manifest_changed_after_export_is_refused_unless_the_user_says(field, change, allowed_code, onnx, cat_photo,
                                                                           tmp_path, cli):
-    artifact = edited(copy_artifact(onnx, tmp_path), change)
+    artifact = copy_artifact(onnx, tmp_path)
+    rewrite_manifest(artifact, change, seal=False)  # by hand, as a careless or hostile user would
     for result in (cli("run", artifact, cat_photo), cli("verify", artifact), cli("bench-artifacts", artifact.parent,
                                                                                   "--output-dir", tmp_path / "out")):
         assert_one_line_error(result, f"manifest {manifest_path(artifact)}: it was changed after export",
@@ -101,7 +86,8 @@ def test_a_manifest_changed_after_export_is_refused_unless_the_user_says(field, 
 
 
 def test_a_manifest_without_integrity_record_is_read_only_when_the_user_says(onnx, tmp_path, cli):
-    artifact = edited(copy_artifact(onnx, tmp_path), lambda d: d.pop("integrity"))
+    artifact = copy_artifact(onnx, tmp_path)
+    rewrite_manifest(artifact, lambda d: d.pop("integrity"), seal=False)
     assert_one_line_error(cli("verify", artifact), "it has no integrity record", "--allow-modified")
     allowed = cli("verify", artifact, "--allow-modified")
     assert allowed.returncode == 0 and "PASS" in allowed.stderr, allowed.stderr
