@@ -336,6 +336,28 @@ def test_an_eof_inside_a_command_is_bad_input_not_an_interruption(monkeypatch, c
     assert "interrupted" not in result.stderr
 
 
+def test_a_signal_that_leaves_an_object_half_built_is_still_one_line(monkeypatch, cli):
+    """A signal inside a library's constructor (imageio's plugin, mid-__init__ while the photos load) leaves an object
+    whose __del__ fails as the stack unwinds: the user who stopped the command sees the one line, not that noise."""
+    import os
+
+    import mnv4.model.profile
+
+    class HalfBuilt:
+        def __init__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # arrives before the attribute below is set
+            self.images_to_write = []
+
+        def __del__(self):
+            len(self.images_to_write)
+
+    monkeypatch.setattr(mnv4.model.profile, "summary", lambda *args, **kwargs: HalfBuilt())
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's own, not pytest's, as in a process
+    result = cli("info", "--variant", "conv_small")
+    assert result.returncode == 128 + signal.SIGINT
+    assert result.stderr.strip().splitlines() == ["error: interrupted by SIGINT"], result.stderr
+
+
 def test_a_closed_pipe_ends_quietly(onnx, cat_photo):
     process = subprocess.Popen([sys.executable, "-m", "mnv4", "run", str(onnx), str(cat_photo)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -75,13 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     stopped_by: list[int] = []
 
     def stop(signum, _frame):
-        # As Ctrl-C does: the exception unwinds through every `finally`, so no partial file stays behind.
+        # As Ctrl-C does: the exception unwinds through every `finally`, so no partial file stays behind. What it stops
+        # half-way (a library's object inside its __init__, as imageio's plugin while the photos load) may fail again
+        # in its __del__ as the stack unwinds: Python's "Exception ignored" traceback, noise beside the one line.
         stopped_by.append(signum)
+        sys.unraisablehook = _ignored
         raise KeyboardInterrupt
 
     printed_json.clear()
-    # The caller's handlers come back afterwards: main() is also called from Python (tests, notebooks).
-    previous = {signum: signal.signal(signum, stop) for signum in SIGNALS}
+    # The caller's handlers and hook come back afterwards: main() is also called from Python (tests, notebooks).
+    previous, unraisable_hook = {signum: signal.signal(signum, stop) for signum in SIGNALS}, sys.unraisablehook
     try:
         code, lines = app(args=args, prog_name="mnv4", standalone_mode=False), []
     except PipeClosed:
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = unraisable_hook
     if stopped_by:  # typer turns KeyboardInterrupt into a plain exit 130
         code, lines = EXIT_INTERRUPTED + stopped_by[0], [f"interrupted by {signal.Signals(stopped_by[0]).name}"]
     code = code if isinstance(code, int) else EXIT_OK
@@ -104,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     if lines and "--json" in args and not printed_json:
         print(json.dumps({"error": "; ".join(lines), "exit_code": code}))
     return code
+
+
+def _ignored(unraisable) -> None:
+    """sys.unraisablehook once a signal stopped the command."""
 
 
 def _failure(error: Exception, debug: bool) -> tuple[int, list[str]]:
