@@ -37,6 +37,19 @@ def test_fp32_dynamic_batch_is_one_checker_clean_file_matching_pytorch(variant, 
         check_parity(f"onnx {variant} batch {batch}", reference, logits, FP32.limits, count=batch)
 
 
+def test_every_gemm_keeps_its_bias_though_it_is_zero(store):
+    """The seeded classifier's bias is all zero, which the exporter drops; strict runtimes (ONNX Runtime Web's WebGL)
+    refuse a Gemm without one, so the artifact has it, as zeros, in float32 and in int8."""
+    seeded_onnx = store.get("onnx", dynamic_batch=True)
+    for artifact in (seeded_onnx, store.get("onnx", fixture=True, precision="int8", dynamic_batch=True)):
+        gemms = [node for node in onnx.load(str(artifact)).graph.node if node.op_type == "Gemm"]
+        assert gemms and all(len(node.input) == 3 for node in gemms), artifact
+    model_proto = onnx.load(str(seeded_onnx))
+    (gemm,) = [node for node in model_proto.graph.node if node.op_type == "Gemm"]
+    (bias,) = [tensor for tensor in model_proto.graph.initializer if tensor.name == gemm.input[2]]
+    assert bias.dims == [1000] and not numpy_helper.to_array(bias).any()
+
+
 def test_fp16_of_the_fixture_keeps_float32_io_and_its_accuracy(store):
     artifact = store.get("onnx", fixture=True, precision="fp16", batch=2)
     manifest = manifest_of(artifact)

@@ -65,6 +65,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
     model_proto = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                     verbose=False).model_proto
     _global_pools(model_proto)
+    _explicit_gemm_biases(model_proto)
     if options.dynamic_batch:
         _name_batch_axis(model_proto)
     precision = options.precision_row
@@ -161,6 +162,24 @@ def _calibration_reader(input_name: str, calibration: np.ndarray, batch: int | N
             return None if start is None else {input_name: images[start:start + step]}
 
     return Reader()
+
+
+def _explicit_gemm_biases(model_proto) -> None:
+    """Give every Gemm its bias input. The exporter drops an all-zero bias (the classifier's, as initialised), and
+    ONNX makes C optional, but strict runtimes do not: ONNX Runtime Web's WebGL backend fails on such a Gemm
+    ("Uniform beta not found"). A zero bias adds nothing to the arithmetic."""
+    from onnx import numpy_helper
+
+    graph = model_proto.graph
+    shapes = {tensor.name: tuple(tensor.dims) for tensor in graph.initializer}
+    for node in graph.node:
+        if node.op_type != "Gemm" or len(node.input) > 2 or node.input[1] not in shapes:
+            continue
+        transposed = any(a.name == "transB" and a.i for a in node.attribute)
+        columns = shapes[node.input[1]][0 if transposed else 1]
+        bias = numpy_helper.from_array(np.zeros(columns, np.float32), node.input[1].removesuffix(".weight") + ".bias")
+        graph.initializer.append(bias)
+        node.input.append(bias.name)
 
 
 def _global_pools(model_proto) -> None:
