@@ -41,6 +41,15 @@ class MissingExtraError(MNV4Error):
         self.extra = extra
 
 
+class MissingSystemPartError(MNV4Error):
+    """A part of the system that no pip extra brings (Chromium, Mesa's software Vulkan driver, qemu, Node.js
+    packages): the message names it and the command that installs it."""
+
+    def __init__(self, part: str, install: str = "bash scripts/install_system.sh"):
+        super().__init__(f"{part} is not installed here: {install}")
+        self.part = part
+
+
 class DamagedArtifactError(MNV4Error):
     """An artifact that its own runtime cannot load: truncated, empty, a directory, a broken package."""
 

@@ -14,11 +14,11 @@ Artifacts are at 64 px wherever resolution is not what is under test.
 The catalogue: ask the store for one of these (the same keywords make the same artifact) before adding another, and
 add one only for a capability none of them has. Seeded conv_small unless said otherwise; "fixture" is the trained
 digits fixture (fixture=True), whose verification includes its held-out accuracy.
-    onnx        dynamic_batch=True | variant="hybrid_medium", dynamic_batch=True
+    onnx        dynamic_batch=True | variant="hybrid_medium", dynamic_batch=True | precision="int8" (device tier)
                 fixture, precision="fp16", batch=2 | fixture, precision="int8", dynamic_batch=True
     tflite      (fp32) | precision="fp16", nhwc=True, dynamic_batch=True, cli=True | variant="hybrid_medium",
                 dynamic_batch=True | fixture, precision="int8" | fixture, precision="int8", int8_io=True |
-                fixture, precision="int8-weights"
+                fixture, precision="int8-weights" | fixture | runtime=["litert-gpu"] (device tier)
     executorch  (fp32) | precision="fp16", nhwc=True, dynamic_batch=True | fixture, precision="int8", batch=4 |
                 delegate="vulkan" | delegate="coreml"
     coreml      (fp32) | variant="hybrid_medium" | image_input=True | precision="fp16", dynamic_batch=True,
@@ -77,7 +77,7 @@ def missing_system_part(why: str):
     green run never hides a test that did not run."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"{why} (CI=true: a missing system part fails the run)")
-    pytest.skip(why)
+    pytest.skip(f"{why}: bash scripts/install_system.sh installs it")
 
 
 def assert_one_line_error(result: Result, *fragments: str, code: int = 2) -> None:
@@ -382,6 +382,31 @@ def randomise_weights(model, calibration, seed: int = 0):
             norm.running_mean.add_(torch.randn(norm.running_mean.shape, generator=generator)
                                    * 0.1 * norm.running_var.sqrt())
     return model
+
+
+def altered_onnx(path: Path, factor: float = 1.001) -> None:
+    """The ONNX file's largest weight tensor scaled by `factor`, in place."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    largest = max(model.graph.initializer, key=lambda tensor: np.prod(tensor.dims))
+    largest.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(largest) * np.float32(factor), largest.name))
+    onnx.save(model, str(path))
+
+
+def altered_tflite(path: Path, factor: float = 1.001) -> None:
+    """The TFLite file's largest (float32) weight buffer scaled by `factor`, in place."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    largest = max((buffer for buffer in model.buffers if buffer.data is not None), key=lambda b: len(b.data))
+    weights = np.frombuffer(bytes(largest.data), np.float32) * np.float32(factor)
+    largest.data = np.frombuffer(weights.tobytes(), np.uint8)
+    builder = flatbuffers.Builder(path.stat().st_size + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(bytes(builder.Output()))
 
 
 def check_int8_manifest(manifest: dict, calibration_images: int = 64) -> dict:

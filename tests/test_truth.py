@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, copy_artifact, randomise_weights
+from conftest import altered_onnx, altered_tflite, assert_one_line_error, copy_artifact, randomise_weights
 from safetensors.torch import save_file
 
 import mnv4
@@ -51,29 +51,6 @@ def test_an_accurate_artifact_passes_where_float32_itself_is_far_from_float64(il
     assert parity["worst"]["rel_err"] > 100 * FP32.limits.rel_err
     assert truth["pytorch_fp32"]["rel_err"] > 100 * FP32.limits.rel_err
     assert truth["artifact"]["rel_err"] <= TRUTH_FACTOR * truth["pytorch_fp32"]["rel_err"]
-
-
-def altered_onnx(path):
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    largest = max(model.graph.initializer, key=lambda tensor: np.prod(tensor.dims))
-    largest.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(largest) * np.float32(1.001), largest.name))
-    onnx.save(model, str(path))
-
-
-def altered_tflite(path):
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
-    largest = max((buffer for buffer in model.buffers if buffer.data is not None), key=lambda b: len(b.data))
-    weights = np.frombuffer(bytes(largest.data), np.float32) * np.float32(1.001)
-    largest.data = np.frombuffer(weights.tobytes(), np.uint8)
-    builder = flatbuffers.Builder(path.stat().st_size + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    path.write_bytes(bytes(builder.Output()))
 
 
 @pytest.mark.parametrize("fmt, options, alter", [("onnx", {"dynamic_batch": True}, altered_onnx),

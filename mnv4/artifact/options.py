@@ -71,7 +71,11 @@ class Option:
         return self.help + (f" For {listed(who)}." if who else "")
 
     def check_value(self, value) -> None:
-        """Refuse a value out of the option's values or bounds (NaN is out of every bound)."""
+        """Refuse a value out of the option's values or bounds (NaN is out of every bound); each of a repeated one."""
+        if isinstance(value, (list, tuple)):
+            for each in value:
+                self.check_value(each)
+            return
         if self.bounds is not None and value is not None and not self.bounds[0] <= value <= self.bounds[1]:
             raise MNV4Error(f"{self.flag} must be from {self.bounds[0]:g} to {self.bounds[1]:g}, got {value:g}")
         if self.choices and value is not None and value not in self.choices:
@@ -79,7 +83,7 @@ class Option:
 
     def check_taken(self, value, fmt: str, delegate: Delegate | None, precision: str) -> None:
         """Refuse the option given where no row of it takes it."""
-        if value in (None, False):
+        if value in (None, False, [], ()):
             return
         if not any(taker.takes(fmt, delegate, precision) for taker in self.takers or (Taker(fmt),)) or \
                 (self.precisions and precision not in self.precisions):
@@ -98,6 +102,8 @@ class Option:
 
 
 _COREML_PROGRAMS = (Taker("coreml"), Taker("executorch", delegates=("coreml",)))
+# The runtimes users ship to beyond each format's CPU one (its first), which always verifies an export.
+_SHIPPED_RUNTIMES = tuple(name for row in FORMATS.values() for name in row.runtimes[1:])
 
 OPTIONS: dict[str, Option] = {row.name: row for row in (
     Option("precision", "; ".join(f"{name}: {PRECISIONS[name].summary}" for name in ARTIFACT_PRECISIONS) + ".",
@@ -128,6 +134,10 @@ OPTIONS: dict[str, Option] = {row.name: row for row in (
     Option("minimum_deployment_target", f"The oldest OS that runs the program (default {DEFAULT_DEPLOYMENT_TARGET}).",
            takers=_COREML_PROGRAMS, choices=tuple(DEPLOYMENT_TARGETS)),
     Option("threads", "Runtime threads used for verification.", bounds=(1, MAX_THREADS)),
+    Option("runtime", "Verify the artifact here too, where users ship it (repeatable; recorded in the manifest): "
+           + "; ".join(f"{row.label}: {', '.join(row.runtimes[1:])}" for row in FORMATS.values() if row.runtimes[1:])
+           + ".", takers=tuple(Taker(name) for name, row in FORMATS.items() if row.runtimes[1:]),
+           choices=_SHIPPED_RUNTIMES),
     Option("max_accuracy_loss", "Points of held-out top-1 an artifact of the trained fixture may lose against PyTorch "
            "float32.", bounds=(0, 100)),
 )}
@@ -163,6 +173,7 @@ class ExportRequest(ArtifactOptions):
     resolution: int | None = None
     verify: bool = True
     threads: int = 1
+    runtime: list[str] | None = None  # where it is verified besides its format's CPU runtime
     labels: Path | None = None  # class names, one per line, for the manifest
     calibration: Path | None = None  # a directory of calibration images (default: built-in photos)
     calibration_count: int | None = None  # how many calibration images (default: up to DEFAULT_COUNT)
@@ -184,6 +195,8 @@ def check(fmt: str, request: ExportRequest) -> None:
         raise UnsupportedOptionError(f"{where} supports precision {listed(supported, 'or')}, not {precision!r}")
     for option in OPTIONS.values():
         option.check_taken(getattr(request, option.name), fmt, delegate, precision)
+    for name in request.runtime or ():
+        row.runtime_named(name)
     for rule in _RULES:
         rule(request, precision)
 

@@ -15,6 +15,8 @@ def parity_line(parity: dict) -> str:
         return f"  parity: {parity['status']}"
     worst, truth = parity["worst"], parity.get("worst_float64")
     verdict = "PASS" if parity["passed"] else "FAIL: " + "; ".join(parity["failures"])
+    if parity.get("known_issue"):
+        verdict += f" ({parity['known_issue']})"
     evidence = (f"; against float64: artifact {truth['artifact']['rel_err']:.1e}, PyTorch fp32 "
                 f"{truth['pytorch_fp32']['rel_err']:.1e}, top-1 {truth['artifact']['top1_agreement']:.0%}"
                 if truth else "")
@@ -36,6 +38,25 @@ def parity_line(parity: dict) -> str:
             f"rel err {worst['rel_err']:.2e}, max |d| {worst['max_abs']:.2e}, cosine {worst['cosine']:.6f}, "
             f"top-1 {worst['top1_agreement']:.0%}, top-5 {worst['top5_agreement']:.0%} vs PyTorch fp32"
             f"{evidence} -> {verdict}")
+
+
+def runtime_lines(parity: dict) -> list[str]:
+    """Where a verdict was reached, for a runtime other than a format's CPU one: what the runtime did with the
+    artifact, and that its device here is a software one."""
+    if not parity.get("emulated"):
+        return []
+    execution = parity.get("execution") or {}
+    done = [f"{key.replace('_', ' ')} {value}" for key, value in execution.items() if not isinstance(value, bool)]
+    done += [key.replace("_", " ") for key, value in execution.items() if value is True]
+    done += [f"not {key.replace('_', ' ')}" for key, value in execution.items() if value is False]
+    return [f"  runtime {parity['runtime']} on a software {parity['device'].upper()} (emulated here: its numerics and "
+            f"operator coverage, not its speed)" + (f": {', '.join(done)}" if done else "")]
+
+
+def shipped_runtime_lines(parity: dict) -> list[str]:
+    """The verdicts of the runtimes an export was verified in besides its format's CPU one (`--runtime`)."""
+    return [line for record in (parity.get("runtimes") or {}).values()
+            for line in (*runtime_lines(record), parity_line(record))]
 
 
 def quantization_lines(manifest: Manifest) -> list[str]:

@@ -12,6 +12,7 @@ from .common import (
     AllowModified,
     Artifact,
     JsonOutput,
+    Runtime,
     Threads,
     Top,
     Verbose,
@@ -63,16 +64,17 @@ def verify(
     reference: Annotated[str, typer.Option(
         "--reference", help="stored: the PyTorch numbers stored beside the manifest at export (no PyTorch needed); "
         "model: rebuilt from the model the manifest names; auto: stored where there are some and no --weights.")] = "auto",
+    runtime: Runtime = None,
     xnnpack_fp16: XnnpackFp16 = False,
     allow_modified: AllowModified = False,
     json_output: JsonOutput = False,
     verbose: Verbose = False,
 ):
-    """Re-run the parity check of an existing artifact against PyTorch (its stored numbers, or the model itself);
-    exit code 1 when it fails."""
+    """Re-run the parity check of an existing artifact against PyTorch (its stored numbers, or the model itself), in
+    its format's CPU runtime or in --runtime; exit code 1 when it fails."""
     from ..artifact.manifest import read_manifest, unchanged
     from ..artifact.options import OPTIONS
-    from ..artifact.summary import parity_line
+    from ..artifact.summary import parity_line, runtime_lines
     from ..chatter import captured
     from ..verification.verify import verify_manifest
 
@@ -81,9 +83,9 @@ def verify(
     manifest = read_manifest(artifact, allow_modified)
     warn(unchanged(artifact, manifest, allow_modified))
     with captured(not verbose):
-        parity = verify_manifest(artifact, manifest, weights, threads, max_accuracy_loss, reference,
+        parity = verify_manifest(artifact, manifest, weights, threads, max_accuracy_loss, reference, runtime,
                                  **runner_options(xnnpack_fp16))
-    stderr_lines([parity_line(parity)])
+    stderr_lines([*runtime_lines(parity), parity_line(parity)])
     if json_output:
         emit_json(parity)
     if parity.get("passed") is False:

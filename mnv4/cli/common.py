@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from ..artifact.formats import FORMATS
 from ..artifact.options import MAX_THREADS, OPTIONS
 from ..errors import MissingExtraError, MNV4Error
 from ..text import printable
@@ -22,6 +23,10 @@ Verbose = Annotated[bool, typer.Option(
     "--verbose", help="Show the toolchains' and runtimes' own output (shown anyway when a step fails).")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 XnnpackFp16 = Annotated[bool, typer.Option("--xnnpack-fp16", help=XNNPACK_FP16_HELP)]
+RUNTIMES_HELP = "; ".join(f"{row.label}: {', '.join(row.runtimes)}" for row in FORMATS.values() if len(row.runtimes) > 1)
+Runtime = Annotated[str | None, typer.Option("--runtime", help=(
+    f"Where to run it (default: its format's CPU runtime). Beyond the CPU ({RUNTIMES_HELP}): a mobile GPU delegate "
+    f"and browsers, on software devices here (bash scripts/install_system.sh installs them)."))]
 Artifact = Annotated[Path, typer.Argument(help="An exported artifact with its manifest beside it.")]
 Top = Annotated[int, typer.Option("--top", "-k", min=1, max=1000, help="How many classes to print.")]
 AllowModified = Annotated[bool, typer.Option(

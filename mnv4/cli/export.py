@@ -76,7 +76,7 @@ def _export_each(request: ExportRequest, targets: dict[str, Path | None], force:
     from rich.console import Console
     from rich.markup import escape
 
-    from ..artifact.summary import delegation_lines, parity_line, quantization_lines
+    from ..artifact.summary import delegation_lines, parity_line, quantization_lines, shipped_runtime_lines
     from ..chatter import captured, terminal
     from ..export.pipeline import export
 
@@ -95,6 +95,7 @@ def _export_each(request: ExportRequest, targets: dict[str, Path | None], force:
         if not quiet:
             console.print(f"[green]wrote[/green] {escape(printable(manifest.artifact))} ({manifest.bytes / 1e6:.1f} MB, "
                           f"exported in {manifest.export_seconds:.1f} s)")
-            for line in [*quantization_lines(manifest), *delegation_lines(manifest), parity_line(manifest.parity)]:
+            for line in [*quantization_lines(manifest), *delegation_lines(manifest), parity_line(manifest.parity),
+                         *shipped_runtime_lines(manifest.parity)]:
                 print(printable(line), file=stream)
     return manifests, failures

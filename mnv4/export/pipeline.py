@@ -38,7 +38,7 @@ from ..model.specs import get_spec
 from ..model.task import task_of
 from ..text import BOM, printable, unsafe_characters
 from ..verification.reference import compute_reference, reference_model
-from ..verification.verify import verify_artifact
+from ..verification.verify import verify_artifact, verify_in_runtime
 
 Step = Callable[[str], None]  # told what the export is doing
 MAX_LABELS_BYTES = 16 << 20
@@ -165,8 +165,26 @@ def _verify(fmt: str, request: ExportRequest, model, preprocessing, facts: Artif
     verification = verify_artifact(partial, reference, request.precision_row.limits_for(facts.compute_dtype), batches,
                                    request.threads, _image_input_runner(preprocessing) if request.image_input else None,
                                    max_loss_points=request.max_accuracy_loss)
+    if request.runtime and verification.get("passed"):
+        verification = _verify_where_shipped(request, facts, partial, reference, batches, verification, step)
     reference.write(partial)
     return verification, reference
+
+
+def _verify_where_shipped(request: ExportRequest, facts: ArtifactFacts, partial: Path, reference: Reference, batches,
+                          verification: dict, step: Step) -> dict:
+    """The CPU runtime's record with each runtime of `--runtime` judged too (under "runtimes"): the export passes
+    only where every one of them does."""
+    runtimes = {}
+    for name in dict.fromkeys(request.runtime):
+        step(f"verifying in {name}")
+        runtimes[name] = verify_in_runtime(partial, name, reference, request.precision, facts.compute_dtype, batches,
+                                           request.threads, request.max_accuracy_loss)
+    failures = [f"in {name}: " + "; ".join(record["failures"]) + (f" ({record['known_issue']})"
+                                                                  if record.get("known_issue") else "")
+                for name, record in runtimes.items() if not record["passed"]]
+    return {**verification, "runtimes": runtimes,
+            **({"passed": False, "failures": [*verification["failures"], *failures]} if failures else {})}
 
 
 def _publish(manifest: Manifest, partial: Path, output: Path, stored_reference: bool) -> None:

@@ -59,6 +59,10 @@ class Runner(ABC):
         except Exception as error:  # whatever the runtime raises
             raise DamagedArtifactError(f"{self.runtime} cannot run {self.path.name}: {one_line(error)}") from None
 
+    def close(self) -> None:  # noqa: B027 (a default that runners outside this process override)
+        """Release what the runtime holds outside this process (a browser and its server); in-process runtimes hold
+        nothing there."""
+
     def execution(self) -> dict:
         """What the runtime did with the artifact, as far as it tells (its delegate and whether that took the
         whole graph, its execution providers), for the records: numbers from another kernel than intended are

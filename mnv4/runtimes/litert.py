@@ -1,11 +1,12 @@
 """LiteRT (TFLite) interpreter runner for .tflite artifacts."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingExtraError, MNV4Error
+from ..errors import DamagedArtifactError, MissingExtraError, MissingSystemPartError, MNV4Error, one_line
 from .base import Runner, artifact_layout, input_size, run_in_artifact_batches
 
 # TFLITE_XNNPACK_DELEGATE_FLAG_FORCE_FP16 (tflite/delegates/xnnpack/xnnpack_delegate.h): every float32 operator
@@ -50,22 +51,38 @@ class LiteRTRunner(Runner):
         # shape_signature marks a dynamic axis with -1.
         batch = int(model_input["shape_signature"][0])
         self.artifact_batch = None if batch == -1 else batch
-        self._forced_fp16 = ForcedFp16Model(self.path, threads) if xnnpack_fp16 else None
-        if self._forced_fp16:
-            self.compute_dtype = "float16"
-            self.fully_delegated = self._forced_fp16.fully_delegated
+        self.xnnpack_fp16 = xnnpack_fp16
+        self._compiled = self.compiled_model()
+        if self._compiled:
+            self.fully_delegated = self._compiled.fully_accelerated
         else:
             self.interpreter.allocate_tensors()  # where the interpreter hands the graph to XNNPACK
             self.fully_delegated = whole_graph_delegated(self.interpreter)
+
+    def compiled_model(self) -> CompiledLiteRT | None:
+        """The artifact as a LiteRT CompiledModel where the interpreter cannot compute as asked, else None: here
+        XNNPACK forced to float16 arithmetic (the Interpreter cannot pass XNNPACK flags)."""
+        if not self.xnnpack_fp16:
+            return None
+        from ai_edge_litert.options import CpuOptions, Options
+
+        self.compute_dtype = "float16"
+        return CompiledLiteRT(self.path, Options(cpu_options=CpuOptions(num_threads=self.threads,
+                                                                        xnnpack_flags=XNNPACK_FORCE_FP16)))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         # An integer input is quantized in _infer, from float32 (the padding of a last batch included).
         dtype = np.float32 if self._quantize else self._input_dtype
         return run_in_artifact_batches(batch, self.layout, dtype, self.artifact_batch, self._infer)
 
+    def close(self) -> None:
+        # The interpreter shares the compiled model's LiteRT environment: both go, so that it is freed now.
+        if self._compiled:
+            self._compiled.close()
+            self._compiled = self.interpreter = None
+
     def execution(self) -> dict:
-        return {"delegate": "XNNPACK", "fully_delegated": self.fully_delegated,
-                "xnnpack_fp16": self._forced_fp16 is not None}
+        return {"delegate": "XNNPACK", "fully_delegated": self.fully_delegated, "xnnpack_fp16": self.xnnpack_fp16}
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         if self._quantize:
@@ -73,8 +90,8 @@ class LiteRTRunner(Runner):
             limits = np.iinfo(self._input_dtype)
             batch = np.clip(np.round(batch / scale) + zero_point, limits.min, limits.max).astype(self._input_dtype)
         with self.running():
-            if self._forced_fp16:
-                return self._forced_fp16.run(batch)
+            if self._compiled:
+                return self._compiled.run(batch)
             if tuple(self.interpreter.get_input_details()[0]["shape"]) != batch.shape:
                 # Only a dynamic-batch artifact gets here: fixed ones are always fed their own shape.
                 self.interpreter.resize_tensor_input(self._input_index, batch.shape)
@@ -88,26 +105,75 @@ class LiteRTRunner(Runner):
         return logits
 
 
-class ForcedFp16Model:
-    """The artifact as a LiteRT CompiledModel on CPU, its XNNPACK forced to float16 arithmetic."""
+class LiteRTGpuRunner(LiteRTRunner):
+    """A .tflite artifact on LiteRT's GPU accelerator (ML Drift over WebGPU/Dawn, the GPU path of LiteRT on phones),
+    which needs a Vulkan device: on a machine without a GPU, Mesa's software one (lavapipe, Mesa >= 24).
 
-    def __init__(self, path: Path, threads: int):
+    By default it computes in float16, as phones' GPU delegates do (`compute_dtype` "float16": the fp16-arithmetic
+    limits); `enforce_f32` keeps float32. A graph the accelerator takes only in part ran partly on the CPU: that
+    is refused, never called a GPU verdict."""
+
+    runtime = "litert-gpu"
+
+    def __init__(self, path: str | Path, threads: int = 1, *, enforce_f32: bool = False, layout: str | None = None):
+        self.enforce_f32 = enforce_f32
+        self.runtime = "litert-gpu-fp32" if enforce_f32 else "litert-gpu"
+        super().__init__(path, threads, layout=layout)
+        if not self.fully_delegated:
+            raise MNV4Error(f"{self.runtime}: the GPU accelerator took only part of {self.path.name} (the rest ran on "
+                            f"the CPU): not a GPU verdict")
+
+    def compiled_model(self) -> CompiledLiteRT:
+        from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+        from ai_edge_litert.options import GpuOptions, Options
+
+        if not vulkan_drivers():
+            raise MissingSystemPartError("a Vulkan driver (Mesa's software one, lavapipe: mesa-vulkan-drivers >= 24)")
+        if not self.enforce_f32:
+            self.compute_dtype = "float16"
+        options = Options(hardware_accelerators=HardwareAccelerator.GPU,
+                          gpu_options=GpuOptions(enforce_f32=self.enforce_f32))
+        try:
+            return CompiledLiteRT(self.path, options)
+        except RuntimeError as error:  # LiteRT says only where it failed: name what it needs
+            raise DamagedArtifactError(f"{self.runtime} cannot compile {self.path.name} for the GPU ({one_line(error)}); "
+                                       f"it needs a Vulkan 1.1 device with Dawn's features: Mesa >= 24 here") from None
+
+    def execution(self) -> dict:
+        return {"accelerator": "LiteRT GPU (ML Drift, WebGPU over Vulkan)", "fully_accelerated": self.fully_delegated,
+                "arithmetic": "float32" if self.enforce_f32 else "float16"}
+
+
+class CompiledLiteRT:
+    """An artifact as a LiteRT CompiledModel with the accelerator its `options` name."""
+
+    def __init__(self, path: Path, options):
         from ai_edge_litert.compiled_model import CompiledModel
-        from ai_edge_litert.options import CpuOptions, Options
 
-        options = Options(cpu_options=CpuOptions(num_threads=threads, xnnpack_flags=XNNPACK_FORCE_FP16))
         self.model = CompiledModel.from_file(str(path), options=options)
-        # LiteRT's own answer: every operator went to an accelerator (here XNNPACK, LiteRT's CPU accelerator).
-        self.fully_delegated = self.model.is_fully_accelerated()
+        # LiteRT's own answer: every operator went to the accelerator asked for.
+        self.fully_accelerated = self.model.is_fully_accelerated()
         self._signature = self.model.get_signature_by_index(0)["key"]
         self._allocate()
 
     def _allocate(self) -> None:
-        """Buffers for the model's current input shape, and the shapes they hold."""
-        self._inputs, self._outputs = self.model.create_input_buffers(0), self.model.create_output_buffers(0)
+        """Buffers for the model's current input shape, and the shapes they hold. The outputs are host memory that
+        the runtime writes into: the GPU accelerator's own output buffers fail to lock when read."""
+        from ai_edge_litert.tensor_buffer import TensorBuffer
+
         (model_input,) = self.model.get_input_tensor_details(self._signature).values()
         model_output = next(iter(self.model.get_output_tensor_details(self._signature).values()))
         self._input_shape, self._output_shape = tuple(model_input["shape"]), tuple(model_output["shape"])
+        self._logits = np.zeros(self._output_shape, np.float32)
+        self._inputs = self.model.create_input_buffers(0)
+        self._outputs = [TensorBuffer.create_from_host_memory(self._logits)]
+
+    def close(self) -> None:
+        """Free the model and its LiteRT environment now, not at exit, where the accelerators' destruction logs on
+        stderr after the command's own last line."""
+        environment = self.model.environment
+        self._inputs = self._outputs = self.model = None
+        environment.close()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if batch.shape != self._input_shape:  # only a dynamic-batch artifact gets here
@@ -116,6 +182,16 @@ class ForcedFp16Model:
         self._inputs[0].write(batch)
         self.model.run_by_index(0, self._inputs, self._outputs)
         return self._outputs[0].read(int(np.prod(self._output_shape)), np.float32).reshape(self._output_shape)
+
+
+def vulkan_drivers() -> list[str]:
+    """The Vulkan drivers (ICD manifests) the loader finds: those named by VK_DRIVER_FILES or VK_ICD_FILENAMES,
+    else the system's."""
+    named = os.environ.get("VK_DRIVER_FILES") or os.environ.get("VK_ICD_FILENAMES")
+    if named:
+        return [Path(file).stem for file in named.split(os.pathsep) if Path(file).is_file()]
+    folders = [Path(folder) / "vulkan" / "icd.d" for folder in ("/etc", "/usr/share", "/usr/local/share")]
+    return sorted(file.stem for folder in folders if folder.is_dir() for file in folder.glob("*.json"))
 
 
 def whole_graph_delegated(interpreter) -> bool:

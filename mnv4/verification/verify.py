@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..artifact import schema
+from ..artifact.formats import Runtime, runtime_of
 from ..artifact.manifest import Manifest
 from ..artifact.options import OPTIONS
 from ..artifact.parity import MAX_TOP1_LOSS_POINTS, judge
@@ -15,7 +16,7 @@ from ..artifact.precisions import Limits, limits_for
 from ..artifact.reference import Reference, read_reference
 from ..errors import MissingExtraError, MNV4Error, PlatformUnsupportedError
 from ..extras import torch_installed
-from ..runtimes import load
+from ..runtimes import Runner, load
 
 REFERENCE_SOURCES = ("auto", "stored", "model")
 
@@ -27,7 +28,31 @@ def verify_artifact(artifact: Path, reference: Reference, limits: Limits, batch_
         candidate = load(artifact, threads=threads, runner=runner_factory)
     except PlatformUnsupportedError as error:
         return not_executed(error)
-    return judge(reference, candidate, limits, tuple(batch_sizes), max_loss_points)
+    try:
+        return judge(reference, candidate, limits, tuple(batch_sizes), max_loss_points)
+    finally:
+        candidate.close()
+
+
+def verify_in_runtime(artifact: Path, runtime: str, reference: Reference, precision: str, exported_dtype: str | None,
+                      batch_sizes, threads: int, max_loss_points: float = MAX_TOP1_LOSS_POINTS) -> dict:
+    """Parity of `artifact` in `runtime`, one that users ship to beside its format's CPU one (`mnv4 export
+    --runtime`), by the limits of what that runtime computes in."""
+    row = runtime_of(artifact, runtime)
+    candidate = load(artifact, threads=threads, runtime=runtime)
+    try:
+        return judge_in_runtime(candidate, row, reference, precision, exported_dtype, batch_sizes, max_loss_points)
+    finally:
+        candidate.close()
+
+
+def judge_in_runtime(candidate: Runner, row: Runtime, reference: Reference, precision: str, exported_dtype: str | None,
+                     batch_sizes, max_loss_points: float) -> dict:
+    """The parity record of a loaded artifact: judged by the limits of what its runtime computes in (float16 where it
+    forces that, else as exported), with the runtime, its known issue at this precision and what it did."""
+    limits = limits_for(precision, getattr(candidate, "compute_dtype", None) or exported_dtype)
+    parity = judge(reference, candidate, limits, tuple(batch_sizes), max_loss_points)
+    return {**parity, **row.record(precision), "execution": candidate.execution()}
 
 
 def not_executed(error: PlatformUnsupportedError) -> dict:
@@ -36,20 +61,30 @@ def not_executed(error: PlatformUnsupportedError) -> dict:
 
 
 def verify_manifest(artifact: Path, manifest: Manifest, weights: Path | None = None, threads: int = 1,
-                    max_loss_points: float | None = None, reference: str = "auto", **runner_options) -> dict:
-    """Parity of an exported artifact at the batches it was verified at on export and with the limits of its
-    precision (float16 ones where its runner computes in float16), against its `reference`: "stored" (beside
-    the manifest), "model" (rebuilt from the model the manifest names, or from `weights`), or "auto" (the
-    stored one where there is one and no `weights` were given). The fixture's accuracy bound is
-    `max_loss_points`, else the one it was exported with."""
+                    max_loss_points: float | None = None, reference: str = "auto", runtime: str | None = None,
+                    **runner_options) -> dict:
+    """Parity of an exported artifact in `runtime` (default: its format's CPU runtime) at the batches it was
+    verified at on export and with the limits of its precision (float16 ones where the runtime computes in float16),
+    against its `reference`: "stored" (beside the manifest), "model" (rebuilt from the model the manifest names, or
+    from `weights`), or "auto" (the stored one where there is one and no `weights` were given). The fixture's
+    accuracy bound is `max_loss_points`, else the one it was exported with."""
     if reference not in REFERENCE_SOURCES:
         raise MNV4Error(f"--reference must be one of {', '.join(REFERENCE_SOURCES)}, not {reference!r}")
     if reference == "stored" and weights is not None:
         raise MNV4Error("--weights rebuilds the reference from the model: it goes with --reference model (or auto)")
+    row = runtime_of(artifact, runtime)
     try:
-        candidate = load(artifact, threads=threads, **runner_options)  # first: a damaged file is refused early
+        candidate = load(artifact, threads=threads, runtime=row.name, **runner_options)  # first: a damaged file early
     except PlatformUnsupportedError as error:
         return not_executed(error)
+    try:
+        return _verify_loaded(candidate, row, artifact, manifest, weights, threads, max_loss_points, reference)
+    finally:
+        candidate.close()
+
+
+def _verify_loaded(candidate: Runner, row: Runtime, artifact: Path, manifest: Manifest, weights: Path | None, threads: int,
+                   max_loss_points: float | None, reference: str) -> dict:
     if reference == "auto":
         reference = "model" if weights is not None or (manifest.reference is None and torch_installed()) else "stored"
     if reference == "stored":
@@ -63,10 +98,9 @@ def verify_manifest(artifact: Path, manifest: Manifest, weights: Path | None = N
         expected = compute_reference(model, preprocessing, threads, max(manifest.verify_batches))
     if max_loss_points is None:
         max_loss_points = _exported_bound(artifact, manifest)
-    limits = limits_for(manifest.precision, getattr(candidate, "compute_dtype", None) or manifest.compute_dtype)
-    parity = judge(expected, candidate, limits, tuple(manifest.verify_batches), max_loss_points)
-    return {**parity, "reference_source": "stored beside the manifest" if reference == "stored" else "rebuilt from the model",
-            "execution": candidate.execution()}
+    parity = judge_in_runtime(candidate, row, expected, manifest.precision, manifest.compute_dtype,
+                              manifest.verify_batches, max_loss_points)
+    return {**parity, "reference_source": "stored beside the manifest" if reference == "stored" else "rebuilt from the model"}
 
 
 def _exported_bound(artifact: Path, manifest: Manifest) -> float:
