@@ -189,6 +189,9 @@ def test_cuda_rows_without_a_gpu_are_unavailable(tmp_path, cli):
     (("--repeats", "0"), ("--repeats must be at least 1",)),
     (("--min-seconds", "nan"), ("--min-seconds must be a positive number",)),
     (("--xnnpack-fp16",), ("--xnnpack-fp16 go with `mnv4 bench-artifacts PATHS`",)),
+    (("--runtimes", "litert-gpu16"), ("unknown runtime 'litert-gpu16'", "did you mean 'litert-gpu'")),
+    (("--formats", "onnx,torch", "--runtimes", "cpu,litert-gpu"), ("runtime litert-gpu runs TFLite artifacts",
+                                                                    "add tflite to --formats")),
 ])
 def test_bad_bench_options_are_one_line_errors_before_any_work(args, fragments, tmp_path, cli):
     result = cli("bench", *args, "--output-dir", tmp_path / "out")
@@ -218,9 +221,23 @@ def test_plan_timm_peers_only_where_timm_has_the_same_path():
     assert {row.precision for row in rows if row.format == "torch"} == {"fp32"}
 
 
+def test_plan_runs_each_format_in_the_runtimes_named():
+    """cpu is each format's own runtime; the others run their own format's artifacts alone, the timm twin beside."""
+    rows = plan(BenchOptions(variant="conv_small", formats=("onnx", "tflite"), precisions=("fp32", "int8"),
+                             runtimes=("cpu", "litert-gpu", "ort-web-wasm"), compare_timm=True))
+    assert {(row.source, row.format, row.runtime, row.precision) for row in rows} == {
+        (source, fmt, runtime, precision) for fmt, runtimes in (("onnx", ("onnxruntime", "ort-web-wasm")),
+                                                                ("tflite", ("litert", "litert-gpu")))
+        for runtime in runtimes for precision in ("fp32", "int8") for source in ("mnv4", "timm")
+        if source == "mnv4" or precision == "fp32"}
+    rows = plan(BenchOptions(variant="conv_small", formats=("onnx", "tflite"), runtimes=("litert-gpu-fp32",)))
+    assert {(row.format, row.runtime, row.runtime_row) for row in rows} == {("tflite", "litert-gpu-fp32",
+                                                                            "litert-gpu-fp32")}
+
+
 def test_bench_help_lists_every_option(cli):
     result = cli("bench", "--help")
     for option in ("--variant", "--formats", "--precisions", "--threads", "--batch", "--device", "--warmup",
                    "--iterations", "--repeats", "--min-seconds", "--weights", "--resolution", "--compare-timm",
-                   "--output-dir", "--strict"):
+                   "--output-dir", "--strict", "--runtimes"):
         assert option in result.stdout

@@ -16,25 +16,34 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import schema
-from ..artifact.formats import FORMATS
+from ..artifact.formats import FORMATS, RUNTIMES, runtime_of
 from ..artifact.manifest import Manifest, manifest_path, read_manifest, unchanged
 from ..artifact.precisions import FP16
 from ..artifact.reference import Reference, read_reference
 from ..errors import MissingExtraError, MNV4Error
 from ..runtimes import runner_class
-from .measure import Progress, finish_rows, is_measured, measure_again, measure_and_report, measure_row
-from .plan import Measurement, Row, check_measurement
+from .measure import (
+    EMULATED_TIMING,
+    Progress,
+    finish_rows,
+    is_measured,
+    measure_again,
+    measure_and_report,
+    measure_row,
+)
+from .plan import CPU_RUNTIMES, Measurement, Row, check_measurement, check_runtimes, runtimes_of
 from .results import Status, results_document, unavailable_reason
 from .worker import WorkerJob
 
 
 @dataclass(frozen=True, kw_only=True)
 class ArtifactBenchOptions(Measurement):
+    runtimes: tuple[str, ...] = (CPU_RUNTIMES,)  # rows of RUNTIMES, or each format's CPU runtime
     xnnpack_fp16: bool = False  # fp16 TFLite artifacts: XNNPACK's float16 arithmetic where the CPU has it
     machine_name: str | None = None  # the machine's label in reports (default: hostname-os-arch)
 
     def record(self) -> dict:
-        return {**super().record(), "xnnpack_fp16": self.xnnpack_fp16}
+        return {**super().record(), "runtimes": list(self.runtimes), "xnnpack_fp16": self.xnnpack_fp16}
 
 
 @dataclass(frozen=True)
@@ -84,21 +93,25 @@ def find_artifacts(paths: list[Path], allow_modified: bool = False) -> list[Foun
     return found
 
 
-def row_of(found: Found, threads: int) -> Row:
-    """The row of an artifact at a thread count; unavailable where its runtime is not installed here."""
+def row_of(found: Found, threads: int, runtime: str | None = None) -> Row:
+    """The row of an artifact in `runtime` (default: its format's CPU runtime) at a thread count; unavailable where
+    its runtime is not installed here."""
     manifest = found.manifest
+    row = runtime_of(found.path, runtime)
     try:
-        runtime, status, reason = runner_class(found.path).runtime, Status.OK, None
+        # The CPU runtime named by this platform's runner (Core ML: predict or the interpreter).
+        name, status, reason = runner_class(found.path, row.name).runtime if runtime is None else row.name, Status.OK, None
     except MissingExtraError as error:
-        runtime, status, reason = manifest.format, Status.UNAVAILABLE, unavailable_reason(error)
-    return Row("mnv4", manifest.format, runtime, "cpu", manifest.precision, threads,
+        name, status, reason = row.name, Status.UNAVAILABLE, unavailable_reason(error)
+    return Row("mnv4", manifest.format, name, "cpu", manifest.precision, threads,
                1 if manifest.dynamic_batch else manifest.batch, artifact=found.path, compute_dtype=manifest.compute_dtype,
-               export_seconds=manifest.export_seconds, status=status, reason=reason)
+               export_seconds=manifest.export_seconds, status=status, reason=reason, runtime_row=row.name)
 
 
 def check_artifact_options(options: ArtifactBenchOptions) -> None:
     """Bad options are one-line errors before anything runs."""
     check_measurement(options)
+    check_runtimes(options.runtimes)
     if options.machine_name is not None and not schema.text(64).accepts(options.machine_name):
         raise MNV4Error(f"--machine-name must be {schema.text(64).description}, not {schema.shown(options.machine_name)}")
 
@@ -120,12 +133,14 @@ def _measure_artifacts(found: list[Found], options: ArtifactBenchOptions, work: 
     machine = machine_info()
     if options.machine_name:
         machine["id"] = options.machine_name
-    jobs = [(row_of(item, job.threads), job, item.reference) for index, item in enumerate(found)
+    jobs = [(row_of(item, job.threads, job.runtime), job, item.reference) for index, item in enumerate(found)
             for job in _jobs(item, index, options, work)]
+    if not jobs:
+        raise MNV4Error(f"none of the artifacts runs in {', '.join(options.runtimes)}")
     total = len(jobs) * options.repeats
     for repeat in range(options.repeats):
         for done, (row, job, reference) in enumerate(jobs, start=repeat * len(jobs)):
-            progress(f"{row.artifact.name} threads={row.threads}", done, total)
+            progress(f"{row.artifact.name} {row.runtime} threads={row.threads}", done, total)
             if repeat == 0 and row.status is Status.OK:
                 measure_row(row, job, reference, work)
             elif is_measured(row):
@@ -144,7 +159,8 @@ def _measure_artifacts(found: list[Found], options: ArtifactBenchOptions, work: 
 
 
 def _jobs(item: Found, index: int, options: ArtifactBenchOptions, work: Path) -> list[WorkerJob]:
-    """The worker jobs of one artifact, one per thread count, its inputs saved once for all of them."""
+    """The worker jobs of one artifact, one per runtime that --runtimes names for its format and thread count, its
+    inputs saved once for all of them."""
     inputs, task_inputs = work / f"inputs_{index}.npy", work / f"task_inputs_{index}.npy"
     np.save(inputs, item.reference.inputs)
     if item.reference.task is not None:
@@ -152,8 +168,10 @@ def _jobs(item: Found, index: int, options: ArtifactBenchOptions, work: Path) ->
     manifest = item.manifest
     # fp16 artifacts only: the flag forces every float operator of a file to float16, fp32 ones too
     forced = options.xnnpack_fp16 and manifest.format == "tflite" and manifest.precision == FP16.name
-    return [WorkerJob(inputs=str(inputs), timing=options.timing, threads=threads,
-                      batch=1 if manifest.dynamic_batch else manifest.batch, path=str(item.path),
-                      runner_options={"xnnpack_fp16": True} if forced else {},
+    cpu = FORMATS[manifest.format].runtimes[0]
+    return [WorkerJob(inputs=str(inputs), timing=EMULATED_TIMING if RUNTIMES[runtime].emulated else options.timing,
+                      threads=threads, batch=1 if manifest.dynamic_batch else manifest.batch, path=str(item.path),
+                      runtime=None if runtime == cpu else runtime,
+                      runner_options={"xnnpack_fp16": True} if forced and runtime == cpu else {},
                       task_inputs=str(task_inputs) if item.reference.task is not None else None)
-            for threads in options.threads]
+            for runtime in runtimes_of(manifest.format, options.runtimes) for threads in options.threads]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact.files import artifact_bytes, claimed
+from ..artifact.formats import RUNTIMES
 from ..artifact.parity import row_parity
 from ..artifact.precisions import FP32, PRECISIONS
 from ..artifact.reference import Reference
@@ -23,10 +24,14 @@ from ..errors import MNV4Error
 from .latency import summarise
 from .plan import Row
 from .results import Status
-from .worker import WorkerJob
+from .worker import Timing, WorkerJob
 
 JOB_TIMEOUT_SECONDS = 1200
 COREML_LATENCY = "latency: macOS only (parity from the Core ML program interpreter)"
+
+# Rows on software devices here (a GPU emulated by Mesa's lavapipe or SwiftShader, headless Chromium): their speed is
+# not a device's, so a few calls are timed, not seconds of them.
+EMULATED_TIMING = Timing(warmup=1, iterations=3, min_seconds=None)
 
 # Told what is happening, and how many of how many rows are done.
 Progress = Callable[[str, int, int], None]
@@ -44,6 +49,15 @@ def measure_and_report(output_dir: Path, measure: Callable[[], dict], progress: 
         progress("writing the report", len(results["rows"]), len(results["rows"]))
         write_report([results], output_dir)
     return results
+
+
+def emulated(row: Row) -> bool:
+    return row.runtime_row is not None and RUNTIMES[row.runtime_row].emulated
+
+
+def timing_of(row: Row, timing: Timing) -> Timing:
+    """How the row is timed: as asked, or briefly where its device is emulated."""
+    return EMULATED_TIMING if emulated(row) else timing
 
 
 def run_worker(job: WorkerJob | dict, threads: int | None, work: Path) -> tuple[dict, np.ndarray | None,
@@ -106,9 +120,12 @@ def judge_row(row: Row, reference: Reference, logits: np.ndarray, task_logits: n
     limits = PRECISIONS[row.precision].limits_for(runner_dtype or row.compute_dtype)
     parity = row_parity(reference, logits, limits, task_logits)
     failures = parity.pop("failures")
+    issue = RUNTIMES[row.runtime_row].known_issue(row.precision) if row.runtime_row else None
+    if issue:
+        parity["known_issue"] = issue
     row.parity = parity
     if failures:
-        row.status, row.reason = Status.PARITY_FAILED, "; ".join(failures)
+        row.status, row.reason = Status.PARITY_FAILED, "; ".join(failures) + (f" ({issue})" if issue else "")
 
 
 def is_measured(row: Row) -> bool:
@@ -128,7 +145,8 @@ def finish_rows(rows: list[Row], macs: int | None, fma_peak_per_thread: float | 
     for row in rows:
         latency = latencies[id(row)]
         median_s = latency["median"] / 1e3 if latency else None
-        gflops = 2 * macs * row.batch / median_s / 1e9 if median_s and macs else None
+        # A software device's speed makes no arithmetic rate.
+        gflops = 2 * macs * row.batch / median_s / 1e9 if median_s and macs and not emulated(row) else None
         peer = timm_rows.get(row.key()) if row.source == "mnv4" else None
         fp32_median = fp32_medians.get(_same_but_precision(row)) if row.precision != FP32.name else None
         finished.append({
@@ -144,7 +162,7 @@ def finish_rows(rows: list[Row], macs: int | None, fma_peak_per_thread: float | 
             if gflops and fma_peak_per_thread and row.device == "cpu" else None,
             "ratio_vs_timm": _ratio_vs_timm(row, peer) if peer and latency and latencies[id(peer)] else None,
             "speedup_vs_fp32": fp32_median / latency["median"] if fp32_median and latency else None,
-            "execution": row.runs[0]["execution"] if row.runs else None,
+            "execution": row.runs[0]["execution"] if row.runs else None, "emulated": emulated(row),
         })
     return finished
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..artifact.formats import FORMATS as ARTIFACT_FORMATS
-from ..artifact.formats import TORCH
+from ..artifact.formats import RUNTIMES, TORCH
 from ..artifact.options import MAX_BATCH, MAX_THREADS
 from ..artifact.precisions import BF16, FP16, FP32, PRECISIONS
 from ..errors import MNV4Error, unknown_value
@@ -22,6 +22,8 @@ CUDA_TORCH_MODES = ("eager", "channels_last", "compile", "cuda_graphs")
 TORCH_RUNTIMES = {"eager": "torch-eager", "channels_last": "torch-channels_last", "compile": "torch-compile",
                   "cuda_graphs": "torch-cuda-graphs"}
 CUDA_BATCHES = (1, 8, 64, 256)  # the default CUDA sweep: latency at 1, throughput towards 256
+# What --runtimes calls each format's CPU runtime (its first), the default: onnxruntime, litert, executorch, coreml.
+CPU_RUNTIMES = "cpu"
 # PyTorch on the CPU is measured in float32, the reference; bfloat16 on CUDA in eager mode alone.
 CPU_TORCH_PRECISIONS = (FP32.name,)
 EAGER_ONLY_PRECISIONS = (BF16.name,)
@@ -47,6 +49,7 @@ class Measurement:
 class BenchOptions(Measurement):
     variant: str
     formats: tuple[str, ...] = FORMATS
+    runtimes: tuple[str, ...] = (CPU_RUNTIMES,)  # rows of RUNTIMES, or CPU_RUNTIMES
     precisions: tuple[str, ...] = (FP32.name, FP16.name)
     batches: tuple[int, ...] | None = None  # default: 1 on CPU, CUDA_BATCHES on CUDA
     device: str = "cpu"
@@ -61,7 +64,8 @@ class BenchOptions(Measurement):
 
     def record(self) -> dict:
         fields = {key: value for key, value in asdict(self).items() if key not in ("timing", "batches", "threads")}
-        return {**fields, **super().record(), "formats": list(self.formats), "precisions": list(self.precisions),
+        return {**fields, **super().record(), "formats": list(self.formats), "runtimes": list(self.runtimes),
+                "precisions": list(self.precisions),
                 "batches": list(self.batch_sizes)}
 
 
@@ -77,6 +81,7 @@ class Row:
     threads: int | None
     batch: int
     mode: str | None = None  # torch rows: eager, channels_last, compile, cuda_graphs
+    runtime_row: str | None = None  # artifact rows: the row of RUNTIMES that runs it
     artifact: Path | None = None
     export_seconds: float | None = None
     compute_dtype: str | None = None  # what it computes in, as exported (PyTorch rows: its dtype); sets its limits
@@ -102,10 +107,29 @@ def check_options(options: BenchOptions) -> None:
         for value in given:
             if value not in allowed:
                 raise MNV4Error(unknown_value(name, value, allowed))
+    check_runtimes(options.runtimes, options.formats)
     if options.device not in ("cpu", "cuda"):
         raise MNV4Error(unknown_value("device", options.device, ("cpu", "cuda")))
     _check_counts("--batch", options.batches or (1,), MAX_BATCH)
     check_measurement(options)
+
+
+def check_runtimes(runtimes: tuple[str, ...], formats: tuple[str, ...] | None = None) -> None:
+    """Each runtime known (or CPU_RUNTIMES), and where `formats` are given, of one of them."""
+    if not runtimes:
+        raise MNV4Error(f"--runtimes names none; choose from: {', '.join([CPU_RUNTIMES, *RUNTIMES])}")
+    for name in runtimes:
+        if name != CPU_RUNTIMES and name not in RUNTIMES:
+            raise MNV4Error(unknown_value("runtime", name, [CPU_RUNTIMES, *RUNTIMES]))
+        owner = next((row for row in ARTIFACT_FORMATS.values() if name in row.runtimes), None)
+        if formats is not None and owner is not None and owner.name not in formats:
+            raise MNV4Error(f"runtime {name} runs {owner.label} artifacts: add {owner.name} to --formats")
+
+
+def runtimes_of(fmt: str, runtimes: tuple[str, ...]) -> list[str]:
+    """The runtimes of format `fmt` that --runtimes names, in the format's order."""
+    return [name for index, name in enumerate(ARTIFACT_FORMATS[fmt].runtimes)
+            if name in runtimes or (index == 0 and CPU_RUNTIMES in runtimes)]
 
 
 def check_measurement(options: Measurement) -> None:
@@ -149,10 +173,18 @@ def plan(options: BenchOptions) -> list[Row]:
         for precision in [p for p in options.precisions if p in supported]:
             for threads in options.threads:
                 for batch in options.batch_sizes:
-                    for mode in CPU_TORCH_MODES if fmt == TORCH else (None,):
-                        # The runtime this platform's runner is (Core ML: predict or the interpreter).
-                        runtime = TORCH_RUNTIMES[mode] if fmt == TORCH else runner_class(
-                            Path(f"model{ARTIFACT_FORMATS[fmt].suffix}")).runtime
-                        rows += [Row(source, fmt, runtime, "cpu", precision, threads, batch, mode=mode)
-                                 for source in sources if source == "mnv4" or PRECISIONS[precision].peer]
+                    rows += [Row(source, fmt, runtime, "cpu", precision, threads, batch, mode=mode, runtime_row=name)
+                             for mode, name, runtime in _runners(fmt, options.runtimes)
+                             for source in sources if source == "mnv4" or PRECISIONS[precision].peer]
     return rows
+
+
+def _runners(fmt: str, runtimes: tuple[str, ...]) -> list[tuple[str | None, str | None, str]]:
+    """(PyTorch mode, row of RUNTIMES, the runtime a row names) of each way a format is run: PyTorch's modes, or
+    the format's runtimes that --runtimes names (a CPU one named by this platform's runner: Core ML's predict or its
+    interpreter)."""
+    if fmt == TORCH:
+        return [(mode, None, TORCH_RUNTIMES[mode]) for mode in CPU_TORCH_MODES]
+    suffix = Path(f"model{ARTIFACT_FORMATS[fmt].suffix}")
+    return [(None, name, runner_class(suffix).runtime if name == ARTIFACT_FORMATS[fmt].runtimes[0] else name)
+            for name in runtimes_of(fmt, runtimes)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..artifact import schema
 from ..artifact.files import plain, read_json, write_json_atomically
-from ..artifact.formats import FORMATS, TORCH
+from ..artifact.formats import FORMATS, RUNTIMES, TORCH
 from ..artifact.precisions import PRECISIONS
 from ..errors import MissingExtraError, MNV4Error
 
@@ -39,7 +39,7 @@ SOURCES = ("mnv4", "timm")
 STATUSES = tuple(status.value for status in Status)
 # Report order: the deployment formats first, the PyTorch baselines last; within torch, from plain to most tuned.
 FORMAT_ORDER = (*FORMATS, TORCH)
-RUNTIME_ORDER = ("torch-eager", "torch-channels_last", "torch-compile", "torch-cuda-graphs")
+RUNTIME_ORDER = (*RUNTIMES, "torch-eager", "torch-channels_last", "torch-compile", "torch-cuda-graphs")
 PRECISION_ORDER = tuple(PRECISIONS)
 DEVICE_ORDER = ("cpu", "cuda")
 

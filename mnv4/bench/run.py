@@ -19,7 +19,17 @@ from ..artifact.formats import FORMATS, TORCH
 from ..artifact.options import ExportRequest
 from ..artifact.precisions import FP32, PRECISIONS
 from ..errors import MissingExtraError, one_line
-from .measure import Progress, finish_rows, is_measured, measure_again, measure_and_report, measure_row, run_worker
+from .measure import (
+    Progress,
+    emulated,
+    finish_rows,
+    is_measured,
+    measure_again,
+    measure_and_report,
+    measure_row,
+    run_worker,
+    timing_of,
+)
 from .plan import BenchOptions, Row, check_options, plan
 from .results import Status, results_document, unavailable_reason
 from .worker import WorkerJob, timed_batch
@@ -51,7 +61,7 @@ class Bench:
         twins = self._measure_all(rows)
         for group in twins:
             if len(group) == 2 and all(row.runs and row.runs[0]["times_ms"] for row in group) \
-                    and group[0].device == "cpu":
+                    and group[0].device == "cpu" and not emulated(group[0]):
                 self.progress(f"ours/timm interleaved: {group[0].runtime} {group[0].precision}", len(rows), len(rows))
                 self._compare(*group)
         resolution = self.preprocessing.resolution
@@ -186,8 +196,9 @@ class Bench:
 
     def _job(self, row: Row) -> WorkerJob:
         options = self.options
-        return WorkerJob(inputs=str(self.inputs_path), timing=options.timing, threads=row.threads or 1, batch=row.batch,
-                         device=row.device, path=str(row.artifact) if row.artifact else None, source=row.source,
+        return WorkerJob(inputs=str(self.inputs_path), timing=timing_of(row, options.timing), threads=row.threads or 1,
+                         batch=row.batch, device=row.device, path=str(row.artifact) if row.artifact else None,
+                         runtime=row.runtime_row, source=row.source,
                          variant=options.variant, weights=str(self.weights_path), num_classes=self.model.num_classes,
                          mode=row.mode, precision=row.precision,
                          task_inputs=str(self.task_inputs_path) if self.task_inputs_path else None)

@@ -44,6 +44,7 @@ class WorkerJob:
     batch: int = 1
     device: str = "cpu"
     path: str | None = None  # the artifact; None: a PyTorch model (the fields below)
+    runtime: str | None = None  # the artifact's runtime (a row of RUNTIMES; None: its format's CPU runtime)
     runner_options: dict = field(default_factory=dict)  # the artifact runner's keywords (xnnpack_fp16)
     source: str = "mnv4"  # or "timm": whose PyTorch model
     variant: str | None = None
@@ -84,7 +85,7 @@ def cpu_runner(job: WorkerJob):
     if job.path is not None:
         from ..runtimes import load
 
-        return load(job.path, threads=job.threads, **job.runner_options)
+        return load(job.path, threads=job.threads, runtime=job.runtime, **job.runner_options)
     from ..runtimes.torch import TorchRunner
 
     return TorchRunner(torch_model(job), threads=job.threads, mode=job.mode)
@@ -200,6 +201,7 @@ def measure(job: WorkerJob) -> dict:
     inputs = np.load(job.inputs)
     batch = timed_batch(inputs, job.batch)
     started = time.perf_counter()
+    runner = None
     if job.device == "cuda":
         call, logits_of = cuda_call(job, batch)
         measures_latency, compute_dtype, execution = True, None, {"device": "cuda"}
@@ -214,16 +216,20 @@ def measure(job: WorkerJob) -> dict:
 
         logits_of = runner
     load_ms = (time.perf_counter() - started) * 1e3
-    started = time.perf_counter()
-    call()
-    first_inference_ms = (time.perf_counter() - started) * 1e3
-    timing = job.timing
-    times = time_calls(call, timing.warmup, timing.iterations, timing.min_seconds) if measures_latency else None
-    # Parity at the row's own batch size (a CUDA graph takes no other).
-    np.save(job.logits, run_in_artifact_batches(inputs, "NCHW", np.float32, job.batch, logits_of))
-    if job.task_inputs:  # the trained fixture's held-out digits
-        np.save(job.task_logits, run_in_artifact_batches(np.load(job.task_inputs), "NCHW", np.float32, job.batch,
-                                                         logits_of))
+    try:
+        started = time.perf_counter()
+        call()
+        first_inference_ms = (time.perf_counter() - started) * 1e3
+        timing = job.timing
+        times = time_calls(call, timing.warmup, timing.iterations, timing.min_seconds) if measures_latency else None
+        # Parity at the row's own batch size (a CUDA graph takes no other).
+        np.save(job.logits, run_in_artifact_batches(inputs, "NCHW", np.float32, job.batch, logits_of))
+        if job.task_inputs:  # the trained fixture's held-out digits
+            np.save(job.task_logits, run_in_artifact_batches(np.load(job.task_inputs), "NCHW", np.float32, job.batch,
+                                                             logits_of))
+    finally:
+        if runner is not None:
+            runner.close()  # a browser runner's Chromium and server
     return {"load_ms": load_ms, "first_inference_ms": first_inference_ms, "times_ms": times,
             "peak_rss_mb": round(peak_rss_mb(), 1), "measures_latency": measures_latency, "compute_dtype": compute_dtype,
             "execution": execution}

@@ -9,12 +9,13 @@ from typing import Annotated
 
 import typer
 
-from ..artifact.formats import FORMATS, TORCH
+from ..artifact.formats import FORMATS, RUNTIMES, TORCH
 from ..artifact.precisions import PRECISIONS
 from ..errors import MNV4Error, ParityFailed
 from ..text import printable
 from .common import XNNPACK_FP16_HELP, AllowModified, Variant, Verbose, XnnpackFp16, parse_list, warn
 
+CPU = {row.runtimes[0] for row in FORMATS.values()}
 Threads = Annotated[str, typer.Option("--threads", help="Comma-separated CPU thread counts, e.g. 1,2.")]
 Warmup = Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.")]
 Repeats = Annotated[int, typer.Option("--repeats", help="Fresh processes per row (latency pools their calls).")]
@@ -25,6 +26,10 @@ MachineName = Annotated[str | None, typer.Option(
     "--machine-name", help="The machine's name in reports (default: host-os-arch).")]
 Paths = Annotated[list[Path], typer.Argument(
     help="Exported artifacts, or folders of them, each with its manifest and stored reference.")]
+Runtimes = Annotated[str, typer.Option("--runtimes", help=(
+    "Comma-separated runtimes: cpu (each format's own: onnxruntime, litert, executorch, coreml), and beyond the CPU "
+    f"{', '.join(name for name in RUNTIMES if name not in CPU)} (on software devices here: parity, and latency that "
+    "is not representative)."))]
 BenchOutput = Annotated[Path, typer.Option("--output-dir", "-o", help="Where results.json and the reports go.")]
 
 
@@ -33,6 +38,7 @@ def bench(
     variant: Variant = "conv_small",
     formats: Annotated[str, typer.Option("--formats", help=f"Comma-separated: {', '.join([*FORMATS, TORCH])}.")]
     = ",".join([*FORMATS, TORCH]),
+    runtimes: Runtimes = "cpu",
     precisions: Annotated[str, typer.Option("--precisions", help=f"Comma-separated: {', '.join(PRECISIONS)}.")]
     = ",".join(name for name, row in PRECISIONS.items() if row.artifact),
     threads: Threads = "1",
@@ -62,7 +68,7 @@ def bench(
         exporting = [f"--{name.replace('_', '-')}" for name in given if name in EXPORTING_OPTIONS]
         if exporting:
             raise MNV4Error(f"{', '.join(exporting)} do not go with bench-artifacts: the artifacts are what is measured")
-        return bench_artifacts(artifacts, threads, warmup, repeats, iterations, min_seconds, xnnpack_fp16,
+        return bench_artifacts(artifacts, runtimes, threads, warmup, repeats, iterations, min_seconds, xnnpack_fp16,
                                machine_name, output_dir, strict, False, verbose)
     with_artifacts = [f"--{name.replace('_', '-')}" for name in given if name in ("xnnpack_fp16", "machine_name")]
     if with_artifacts:
@@ -74,7 +80,7 @@ def bench(
     from ..bench.run import bench as run_bench
 
     options = BenchOptions(
-        variant=variant, formats=parse_list(formats), precisions=parse_list(precisions),
+        variant=variant, formats=parse_list(formats), runtimes=parse_list(runtimes), precisions=parse_list(precisions),
         threads=parse_list(threads, int), batches=parse_list(batch, int) if batch else None, device=device,
         repeats=repeats, timing=_timing(warmup, iterations, min_seconds), weights=str(weights) if weights else None,
         resolution=resolution, compare_timm=compare_timm, command=shlex.join(["mnv4", *sys.argv[1:]]))
@@ -88,6 +94,7 @@ EXPORTING_OPTIONS = ("variant", "formats", "precisions", "batch", "device", "wei
 
 def bench_artifacts(
     paths: Paths,
+    runtimes: Runtimes = "cpu",
     threads: Threads = "1",
     warmup: Warmup = 10,
     repeats: Repeats = 1,
@@ -105,7 +112,7 @@ def bench_artifacts(
     from ..bench.artifacts import ArtifactBenchOptions, check_artifact_options, find_artifacts
     from ..bench.artifacts import bench_artifacts as run_bench_artifacts
 
-    options = ArtifactBenchOptions(threads=parse_list(threads, int), repeats=repeats,
+    options = ArtifactBenchOptions(runtimes=parse_list(runtimes), threads=parse_list(threads, int), repeats=repeats,
                                    timing=_timing(warmup, iterations, min_seconds), xnnpack_fp16=xnnpack_fp16,
                                    machine_name=machine_name)
     check_artifact_options(options)

@@ -14,6 +14,10 @@ HEADLINE = ("Per machine, the fastest mnv4 row of each format and device (most i
             "timed within parity; “vs torch eager fp32” = PyTorch eager fp32's median at the same device, threads and "
             "batch / this median (above 1: faster than PyTorch). Then the parity verdicts and ours/timm.")
 
+EMULATED_NOTE = ("Rows marked (emulated) ran on a software device here (a GPU emulated by Mesa's lavapipe or SwiftShader, "
+                 "or headless Chromium): their numbers are the real kernels', their latency is not representative of "
+                 "any device.")
+
 HOW_TO_READ = (
     ("Each row is one configuration: model source (mnv4 = this package, timm = the timm model exported the same way, "
     "for comparison), format, runtime, device, precision, CPU threads and batch size. Latency is wall-clock time "
@@ -93,12 +97,13 @@ def _machine_headline(rows: list[dict]) -> list[tuple]:
     blocks = [_fastest_table(fastest, ours) if fastest else ("paragraph", "No mnv4 row is timed within parity.")]
     not_timed = {}
     for row in ours:
-        if (row["device"], row["format"]) not in fastest:
+        if (row["device"], row["format"]) not in fastest and not row.get("emulated"):
             not_timed.setdefault(f"{row['format']} on {row['device']}", {})[row["status"]] = None
     if not_timed:
         blocks.append(("paragraph", "Not timed within parity: " + "; ".join(
             f"{where} ({', '.join(statuses)})" for where, statuses in not_timed.items()) + "."))
     blocks.append(("paragraph", _parity_verdict(rows)))
+    blocks += _emulated_verdicts(ours)
     ratios = [row["ratio_vs_timm"] for row in rows if row["ratio_vs_timm"] is not None]
     if ratios:
         spread = times(ratios[0]) if len(ratios) == 1 else f"{times(min(ratios))} to {times(max(ratios))}"
@@ -112,9 +117,23 @@ def _fastest_per_format(rows: list[dict]) -> dict[tuple, dict]:
     fastest = {}
     for row in rows:
         key = (row["device"], row["format"])
-        if row["status"] == "ok" and (key not in fastest or _ms_per_image(row) < _ms_per_image(fastest[key])):
+        if row["status"] == "ok" and not row.get("emulated") and \
+                (key not in fastest or _ms_per_image(row) < _ms_per_image(fastest[key])):
             fastest[key] = row
     return fastest
+
+
+def _emulated_verdicts(rows: list[dict]) -> list[tuple]:
+    """The verdicts of the runtimes that ran on software devices (a mobile GPU delegate, browsers): never among the
+    fastest, since their speed is not a device's."""
+    emulated = [row for row in rows if row.get("emulated")]
+    if not emulated:
+        return []
+    verdicts = [f"{row['format']}/{row['runtime']} {row['precision']}: "
+                + (row["status"] if row["parity"] is None else "PASS" if row["parity"]["passed"] else "FAIL")
+                + (f" ({row['parity']['known_issue']})" if (row["parity"] or {}).get("known_issue") else "")
+                for row in emulated]
+    return [("paragraph", f"{EMULATED_NOTE} Their verdicts: {'; '.join(verdicts)}.")]
 
 
 def _ms_per_image(row: dict) -> float:
@@ -250,7 +269,8 @@ def _identity_columns(several_machines: bool) -> list[tuple[str, bool]]:
 
 
 def _cells(row: dict, several_machines: bool, detail) -> list[str]:
-    cells = [row["source"], row["format"], row["runtime"], row["device"], row["precision"], text(row["threads"]),
+    runtime = f"{row['runtime']} (emulated)" if row.get("emulated") else row["runtime"]
+    cells = [row["source"], row["format"], runtime, row["device"], row["precision"], text(row["threads"]),
              str(row["batch"]), row["status"]]
     return ([row["machine"]] if several_machines else []) + cells + detail(row)
 
