@@ -22,7 +22,7 @@ from ..errors import (
     one_line,
 )
 from ..text import printable
-from . import artifact, bench, emulate, export, model
+from . import artifact, bench, emulate, export, model, web
 from .common import printed_json
 
 app = typer.Typer(
@@ -56,7 +56,7 @@ def _guarded(command):
 for command, name in ((model.info, "info"), (model.predict, "predict"), (model.fixture, "fixture"),
                       (export.export_command, "export"), (artifact.run, "run"), (artifact.verify, "verify"),
                       (bench.bench, "bench"), (bench.bench_artifacts, "bench-artifacts"), (bench.report, "report"),
-                      (artifact.coreml_compare, "coreml-compare"), (emulate.emulate, "emulate")):
+                      (artifact.coreml_compare, "coreml-compare"), (emulate.emulate, "emulate"), (web.web, "web")):
     app.command(name)(_guarded(command))
 
 # Stopped by one of these, a command cleans up as Ctrl-C does (SIGHUP: a closed terminal, a dropped ssh session).
@@ -146,8 +146,13 @@ def _silence_stdout() -> None:
 
 
 def run_main() -> None:
-    """The `mnv4` console script."""
-    raise SystemExit(main())
+    """The `mnv4` console script. The command's last line is its last word: what native libraries log while the
+    interpreter shuts down (LiteRT's GPU accelerator destroying itself) is not shown."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":
