@@ -1,6 +1,7 @@
 """`mnv4 emulate arm64`: ONNX and TFLite artifacts verified and measured on the ARM kernels of their runtimes in an
 emulated arm64 root. The end-to-end test builds (or reuses, from $MNV4_CACHE/emulate) that root and needs root,
-qemu-user-static, debootstrap and binfmt-support: it runs with `-m emulate`. The refusals run in the default suite."""
+qemu-user-static, debootstrap and binfmt-support: it runs in the device tier, `-m devices`. The refusals run in the
+default suite."""
 import json
 import os
 import shutil
@@ -86,7 +87,7 @@ def emulation_unavailable() -> str | None:
     return f"not installed: {', '.join(missing)}" if missing else None
 
 
-@pytest.mark.emulate
+@pytest.mark.devices
 def test_arm_kernels_pass_every_artifact_with_xnnpack_and_float16_arithmetic(store, tmp_path):
     """conv_small as TFLite fp32, fp16 and int8 and ONNX fp32 and int8, verified and benched in the emulated root:
     every verdict passes on the ARM kernels, XNNPACK ran every TFLite graph whole, and fp16 computed in float16."""
