@@ -56,7 +56,10 @@ def test_a_largest_weight_scaled_by_one_and_a_half_fails_on_the_gpu(vulkan, stor
 
 @device_tier
 def test_the_trained_fixture_keeps_its_accuracy_on_the_gpu_in_float16_and_int8(vulkan, store, cli):
-    for artifact in (store.get("tflite", fixture=True), store.get("tflite", fixture=True, precision="int8")):
+    """int8 with integer input and output too: its buffers are int8 on the GPU path, quantized and dequantized with the
+    file's own scales."""
+    for artifact in (store.get("tflite", fixture=True), store.get("tflite", fixture=True, precision="int8"),
+                     store.get("tflite", fixture=True, precision="int8", int8_io=True)):
         code, parity, stderr = verified(cli, artifact, "--runtime", "litert-gpu")
         assert code == 0 and parity["passed"], stderr
         top1 = parity["task"]["top1"]

@@ -200,6 +200,11 @@ def test_int8_io_takes_and_gives_int8_and_the_runner_hides_it(store):
     interpreter.invoke()
     expected = (interpreter.get_tensor(model_output["index"]).astype(np.float32) - out_zero) * out_scale
     np.testing.assert_allclose(LiteRTRunner(artifact)(image), expected, rtol=0, atol=1e-6)
+    # The same through LiteRT's CompiledModel (the path of --xnnpack-fp16 and of the GPU accelerator): integer
+    # buffers in and out, dequantized alike (XNNPACK's forced float16 moves a logit by a step or two of the scale).
+    compiled = LiteRTRunner(artifact, xnnpack_fp16=True)(image)
+    np.testing.assert_allclose(compiled, expected, rtol=0, atol=float(out_scale) * 3.01)
+    assert compiled.argmax() == expected.argmax()
 
 
 def test_int8_weights_has_int8_weight_buffers_and_float_activations(store):

@@ -75,6 +75,15 @@ class LiteRTRunner(Runner):
         dtype = np.float32 if self._quantize else self._input_dtype
         return run_in_artifact_batches(batch, self.layout, dtype, self.artifact_batch, self._infer)
 
+    def _interpret(self, batch: np.ndarray) -> np.ndarray:
+        if tuple(self.interpreter.get_input_details()[0]["shape"]) != batch.shape:
+            # Only a dynamic-batch artifact gets here: fixed ones are always fed their own shape.
+            self.interpreter.resize_tensor_input(self._input_index, batch.shape)
+            self.interpreter.allocate_tensors()
+        self.interpreter.set_tensor(self._input_index, batch)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._output_index)
+
     def close(self) -> None:
         # The interpreter shares the compiled model's LiteRT environment: both go, so that it is freed now.
         if self._compiled:
@@ -90,15 +99,7 @@ class LiteRTRunner(Runner):
             limits = np.iinfo(self._input_dtype)
             batch = np.clip(np.round(batch / scale) + zero_point, limits.min, limits.max).astype(self._input_dtype)
         with self.running():
-            if self._compiled:
-                return self._compiled.run(batch)
-            if tuple(self.interpreter.get_input_details()[0]["shape"]) != batch.shape:
-                # Only a dynamic-batch artifact gets here: fixed ones are always fed their own shape.
-                self.interpreter.resize_tensor_input(self._input_index, batch.shape)
-                self.interpreter.allocate_tensors()
-            self.interpreter.set_tensor(self._input_index, batch)
-            self.interpreter.invoke()
-            logits = self.interpreter.get_tensor(self._output_index)
+            logits = self._compiled.run(batch) if self._compiled else self._interpret(batch)
         if self._dequantize:
             scale, zero_point = self._dequantize
             logits = (logits.astype(np.float32) - zero_point) * np.float32(scale)
@@ -164,9 +165,9 @@ class CompiledLiteRT:
         (model_input,) = self.model.get_input_tensor_details(self._signature).values()
         model_output = next(iter(self.model.get_output_tensor_details(self._signature).values()))
         self._input_shape, self._output_shape = tuple(model_input["shape"]), tuple(model_output["shape"])
-        self._logits = np.zeros(self._output_shape, np.float32)
+        self._output_dtype = np.dtype(model_output["dtype"])  # int8 for an --int8-io artifact
         self._inputs = self.model.create_input_buffers(0)
-        self._outputs = [TensorBuffer.create_from_host_memory(self._logits)]
+        self._outputs = [TensorBuffer.create_from_host_memory(np.zeros(self._output_shape, self._output_dtype))]
 
     def close(self) -> None:
         """Free the model and its LiteRT environment now, not at exit, where the accelerators' destruction logs on
@@ -181,7 +182,7 @@ class CompiledLiteRT:
             self._allocate()
         self._inputs[0].write(batch)
         self.model.run_by_index(0, self._inputs, self._outputs)
-        return self._outputs[0].read(int(np.prod(self._output_shape)), np.float32).reshape(self._output_shape)
+        return self._outputs[0].read(int(np.prod(self._output_shape)), self._output_dtype).reshape(self._output_shape)
 
 
 def vulkan_drivers() -> list[str]:
