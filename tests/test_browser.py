@@ -28,7 +28,6 @@ from mnv4.runtimes.browser import (
     BrowserRunner,
     Driver,
     chromium_path,
-    end_processes,
     live_processes,
     serve,
 )
@@ -163,7 +162,7 @@ def test_no_browser_process_outlives_its_runner(tflite_fp32):
     runner, and its folder goes."""
     for end in ("close", "collect"):
         runner = BrowserRunner(tflite_fp32, backend="wasm")
-        tag, workdir = runner._driver.tag, runner._workdir
+        tag, folders = runner._driver.tag, (runner._workdir, runner._driver.folder)
         groups, tagged = live_processes(tag)
         started = [pid for pid, group in groups.items() if pid in tagged or group in tagged]
         assert len(started) >= 3  # Node.js, Chromium and its helpers
@@ -173,7 +172,7 @@ def test_no_browser_process_outlives_its_runner(tflite_fp32):
             del runner
             gc.collect()
         assert not any(pid in live_processes(tag)[0] for pid in started), end
-        assert not workdir.exists()
+        assert not any(folder.exists() for folder in folders)
 
 
 def run_lines(result) -> list[tuple[str, int, str]]:
@@ -189,7 +188,7 @@ def test_the_page_preprocesses_and_classifies_as_mnv4_run(onnx_fp32, tflite_fp32
     (tmp_path / "io").mkdir()
     shutil.copyfile(astronaut, tmp_path / "io" / "astronaut.png")
     with serve([onnx_fp32, tflite_fp32], io_dir=tmp_path / "io") as url:
-        driver = Driver(url, CHROMIUM_FLAGS, tmp_path, timeout=60)
+        driver = Driver(url, CHROMIUM_FLAGS, timeout=60)
         try:
             pixels = driver.call("preprocess", "/io/astronaut.png", timeout=60)
             classified = {}
@@ -197,7 +196,7 @@ def test_the_page_preprocesses_and_classifies_as_mnv4_run(onnx_fp32, tflite_fp32
                 driver.call("load", artifact.name, "wasm", 1, timeout=120)
                 classified[artifact] = driver.call("classify", "/io/astronaut.png", timeout=120)
         finally:
-            end_processes(driver.process, driver.tag)
+            driver.end()
     expected = read_manifest(onnx_fp32).preprocessing_spec()(load_image(astronaut))
     difference = np.abs(np.asarray(pixels["data"], np.float32).reshape(expected.shape) - expected)
     print(f"\nthe page's preprocessing of astronaut.png vs mnv4's: max abs diff {difference.max():.3g}")
@@ -220,12 +219,12 @@ def test_mnv4_web_shows_the_astronauts_top5_as_mnv4_run_prints_it(onnx_fp32, ast
                               stderr=subprocess.PIPE, text=True)
     try:
         url = re.search(r"at (http://127\.0\.0\.1:\d+)/", server.stdout.readline()).group(1)
-        driver = Driver(url, CHROMIUM_FLAGS, tmp_path, timeout=60)
+        driver = Driver(url, CHROMIUM_FLAGS, timeout=60)
         try:
             driver.upload("#file", astronaut, timeout=60)
             shown = driver.table("#top5", timeout=120)
         finally:
-            end_processes(driver.process, driver.tag)
+            driver.end()
     finally:
         server.send_signal(signal.SIGINT)
         _, stderr = server.communicate(timeout=30)

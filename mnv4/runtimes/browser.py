@@ -254,12 +254,14 @@ class Driver:
     time. Every process it starts (Node.js, Chromium's, even those Chromium leaves behind) carries `tag` in its
     environment, so that `end_processes` can end them all and nothing else."""
 
-    def __init__(self, url: str, flags: tuple[str, ...], workdir: Path, timeout: float):
+    def __init__(self, url: str, flags: tuple[str, ...], timeout: float):
         self.tag = f"MNV4_BROWSER_SESSION={uuid.uuid4().hex}"
         variable, value = self.tag.split("=")
-        # TMPDIR: Playwright makes Chromium's profile there, in a folder that its owner deletes.
-        env = {**os.environ, variable: value, "TMPDIR": str(workdir)}
-        self.log = workdir / "driver.log"
+        # TMPDIR: Playwright makes Chromium's profile there, whose sockets' paths must stay under Linux's 108 bytes:
+        # a folder of the system's temporary one, not of a deep working folder (pytest's tmp_path under xdist).
+        self.folder = Path(tempfile.mkdtemp(prefix="mnv4-chromium-"))
+        env = {**os.environ, variable: value, "TMPDIR": str(self.folder)}
+        self.log = self.folder / "driver.log"
         self.stopped: str | None = None  # why `receive` ended the processes
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
@@ -270,8 +272,15 @@ class Driver:
         try:
             self.browser = self.receive("the page to open", timeout)["ready"]["browser"]
         except BaseException:
-            end_processes(self.process, self.tag)
+            self.end()
             raise
+
+    def end(self) -> None:
+        """End its processes and remove its folder."""
+        try:
+            end_processes(self.process, self.tag)
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def _read(self) -> None:
         for line in self.process.stdout:
@@ -336,11 +345,11 @@ def end_processes(process: subprocess.Popen, tag: str) -> None:
         kill_tagged(tag)
 
 
-def shut_down(process: subprocess.Popen, tag: str, server: contextlib.ExitStack, workdir: Path) -> None:
-    """A runner's end: its processes, its server, its folder. A function of its parts, not a method: weakref.finalize
+def shut_down(driver: Driver, server: contextlib.ExitStack, workdir: Path) -> None:
+    """A runner's end: its browser, its server, its folder. A function of its parts, not a method: weakref.finalize
     must not hold the runner."""
     try:
-        end_processes(process, tag)
+        driver.end()
     finally:
         server.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -417,12 +426,11 @@ class BrowserRunner(Runner):
         url = self._server.enter_context(serve([self.path], io_dir=self._io, allow_modified=True))
         flags = CHROMIUM_FLAGS + (WEBGPU_FLAGS if self.backend == "webgpu" else ())
         try:
-            self._driver = Driver(url, flags, self._workdir, self.start_timeout_s)
+            self._driver = Driver(url, flags, self.start_timeout_s)
         except PageError as error:
             raise MNV4Error(f"{self.runtime}: the browser did not start: {error}") from None
         # From here on the processes end with the runner, however it ends: close(), garbage collection or exit.
-        self._finalizer = weakref.finalize(self, shut_down, self._driver.process, self._driver.tag, self._server,
-                                           self._workdir)
+        self._finalizer = weakref.finalize(self, shut_down, self._driver, self._server, self._workdir)
         try:
             self.info = self._driver.call("load", self.path.name, self.backend, self.threads,
                                           timeout=self.call_timeout_s)
