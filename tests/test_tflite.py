@@ -207,6 +207,17 @@ def test_int8_io_takes_and_gives_int8_and_the_runner_hides_it(store):
     assert compiled.argmax() == expected.argmax()
 
 
+def test_every_precision_keeps_its_weights_inside_the_flatbuffer(store):
+    """ai-edge-quantizer writes weights after the flatbuffer, by offset, which OpenVINO and MediaPipe 0.10 refuse and
+    metadata writers lose: every export has them inline."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    for options in ({}, {"precision": "fp16", "nhwc": True, "dynamic_batch": True, "cli": True},
+                    {"fixture": True, "precision": "int8"}, {"fixture": True, "precision": "int8-weights"}):
+        model = schema.ModelT.InitFromPackedBuf(store.get("tflite", **options).read_bytes(), 0)
+        assert all(buffer.offset <= 1 for buffer in model.buffers), options
+
+
 def test_int8_weights_has_int8_weight_buffers_and_float_activations(store):
     artifact = store.get("tflite", fixture=True, precision="int8-weights")
     manifest = manifest_of(artifact)

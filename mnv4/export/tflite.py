@@ -124,7 +124,23 @@ def _flatbuffer(model: torch.nn.Module, example: torch.Tensor, options: Artifact
             # The same ranges for both, so that the two files differ by the batch alone.
             at_next_batch, _ = quantize_static(at_next_batch, None, options.int8_io, calibrated)
         flatbuffer = free_batch(flatbuffer, at_next_batch, len(example))
-    return flatbuffer
+    return inline_weights(flatbuffer)
+
+
+def inline_weights(flatbuffer: bytes) -> bytes:
+    """The model with every constant inside its flatbuffer. ai-edge-quantizer (fp16, int8-weights, int8) writes most
+    weights after it, referenced by offset, which OpenVINO 2026.4 and MediaPipe 0.10 refuse ("Input tensor ... is not
+    produced") and tools that rewrite the flatbuffer (metadata writers) lose. A flatbuffer holds 2 GB at most; these
+    models are far below it."""
+    return _pack(_unpack(flatbuffer), len(flatbuffer))
+
+
+def _pack(model, size_hint: int) -> bytes:
+    import flatbuffers
+
+    builder = flatbuffers.Builder(size_hint + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def _quantization(path: Path, options: ArtifactOptions, calibration: np.ndarray | None, batch: int) -> Quantization:
@@ -255,8 +271,6 @@ def free_batch(at_batch: bytes, at_next_batch: bytes, batch: int) -> bytes:
     that is k·batch in one and k·(batch + 1) in the other becomes -1 in the tensor's shape signature,
     and so does that entry of a RESHAPE's target-shape constant (the interpreter then infers it as
     k·B for any B). Any other difference, such as a broadcast shape, cannot be freed and is an error."""
-    import flatbuffers
-
     model, other = (_unpack(buffer) for buffer in (at_batch, at_next_batch))
     graph, other_graph = model.subgraphs[0], other.subgraphs[0]
     names = _op_names(model)
@@ -303,9 +317,7 @@ def free_batch(at_batch: bytes, at_next_batch: bytes, batch: int) -> bytes:
                 raise MNV4Error(f"cannot make the TFLite batch dynamic: a RESHAPE target is shared with {name}")
     for buffer, data in freed_buffers.items():
         model.buffers[buffer].data = data
-    builder = flatbuffers.Builder(len(at_batch) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return _pack(model, len(at_batch))
 
 
 def _unpack(flatbuffer: bytes):
