@@ -1,6 +1,8 @@
 """ONNX artifacts in onnxruntime against the PyTorch model, on real photos: one self-contained, checker-clean file
 whose batch axis takes any size (attention too), fp16 weights behind float32 I/O, and static int8 in QDQ form, judged
 by the trained fixture's held-out accuracy, with the CPU-specific choice its manifest records."""
+import json
+
 import numpy as np
 import onnx
 import onnxruntime
@@ -9,6 +11,7 @@ import torch
 from conftest import Trained, check_int8_manifest, check_parity, manifest_of, seeded, trained_model
 from onnx import helper, numpy_helper
 
+import mnv4
 from mnv4.artifact.options import ArtifactOptions
 from mnv4.artifact.precisions import FP32, INT8
 from mnv4.cpu import int8_dot_product, is_arm
@@ -48,6 +51,22 @@ def test_every_gemm_keeps_its_bias_though_it_is_zero(store):
     (gemm,) = [node for node in model_proto.graph.node if node.op_type == "Gemm"]
     (bias,) = [tensor for tensor in model_proto.graph.initializer if tensor.name == gemm.input[2]]
     assert bias.dims == [1000] and not numpy_helper.to_array(bias).any()
+
+
+def test_the_file_tells_onnxruntime_its_classes_and_preprocessing(store):
+    """What an app reads through onnxruntime's own API (get_modelmeta): a doc string, model version 1, and the
+    labels (ImageNet's for a 1000-class model; none for the fixture's unnamed digits) and preprocessing as JSON."""
+    seeded = onnxruntime.InferenceSession(str(store.get("onnx", dynamic_batch=True))).get_modelmeta()
+    assert seeded.version == 1 and "Input 'pixels': float32 NCHW" in seeded.description
+    properties = seeded.custom_metadata_map
+    labels = json.loads(properties["labels"])
+    assert len(labels) == 1000 and labels[0].startswith("tench")
+    assert json.loads(properties["preprocessing"]) == {"resolution": 64, "crop_pct": 0.875, "interpolation": "bicubic",
+                                                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                                                       "layout": "NCHW", "scale": "0-1"}
+    assert properties["variant"] == "conv_small" and properties["mnv4_version"] == mnv4.__version__
+    fixture = onnxruntime.InferenceSession(str(store.get("onnx", fixture=True, precision="int8", dynamic_batch=True)))
+    assert "labels" not in fixture.get_modelmeta().custom_metadata_map
 
 
 def test_fp16_of_the_fixture_keeps_float32_io_and_its_accuracy(store):

@@ -22,6 +22,25 @@ class Interface:
 
 
 @dataclass(frozen=True)
+class Description:
+    """What an app needs to use an artifact, written into it where its format has a place for that (`describe` of an
+    exporter): the model, its classes' names, and the preprocessing its input expects. The manifest stays the full
+    record."""
+
+    variant: str
+    resolution: int
+    labels: list[str] | None  # None: the classes have no names (a model of another task, exported without --labels)
+    preprocessing: dict  # crop_pct, interpolation, mean, std
+    mnv4_version: str
+
+    def preprocessing_text(self) -> str:
+        p = self.preprocessing
+        return (f"resize the short side to {self.resolution} / {p['crop_pct']} ({p['interpolation']}), centre-crop "
+                f"{self.resolution}x{self.resolution}, scale to [0, 1], subtract mean {p['mean']}, divide by std "
+                f"{p['std']} (RGB)")
+
+
+@dataclass(frozen=True)
 class Quantization:
     """What a quantizing export did, in one schema for every format."""
 

@@ -4,6 +4,7 @@ quantization in QDQ form (QuantizeLinear/DequantizeLinear pairs around float ope
 onnxruntime fuses into integer kernels when it loads the file)."""
 from __future__ import annotations
 
+import json
 import tempfile
 from collections import Counter
 from importlib import metadata
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifact.facts import ArtifactFacts, Interface, Quantization
+from ..artifact.facts import ArtifactFacts, Description, Interface, Quantization
 from ..artifact.options import ArtifactOptions
 from ..artifact.precisions import FP16, INT8
 from ..errors import MissingExtraError
@@ -86,6 +87,28 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
         weights_dtype=precision.weights_dtype, compute_dtype=precision.compute_dtype,
         toolchain={package: metadata.version(package) for package in TOOLCHAIN}, quantization=quantization,
         details={"opset": next(entry.version for entry in model_proto.opset_import if entry.domain in ("", "ai.onnx"))})
+
+
+def describe(path: Path, description: Description) -> None:
+    """Write into the file what an app reads with `InferenceSession.get_modelmeta()`: a doc string saying what goes in
+    and comes out, model version 1, and metadata_props `labels` (a JSON list, one name per class), `preprocessing`
+    (JSON: resolution, crop_pct, interpolation, mean, std, layout), `variant` and `mnv4_version`."""
+    import onnx
+
+    model_proto = onnx.load(str(path))
+    classes = f"{len(description.labels)} classes, named in metadata 'labels'" if description.labels else "class logits"
+    model_proto.doc_string = (f"MobileNetV4 {description.variant} exported by mnv4 {description.mnv4_version}. Input "
+                              f"'{INPUT_NAME}': float32 NCHW RGB images, {description.preprocessing_text()}. Output "
+                              f"'{OUTPUT_NAME}': {classes} (softmax for probabilities).")
+    model_proto.model_version = 1
+    properties = {"variant": description.variant, "mnv4_version": description.mnv4_version,
+                  "preprocessing": json.dumps({"resolution": description.resolution, **description.preprocessing,
+                                               "layout": "NCHW", "scale": "0-1"}),
+                  **({"labels": json.dumps(description.labels)} if description.labels else {})}
+    del model_proto.metadata_props[:]
+    for key, value in properties.items():
+        model_proto.metadata_props.add(key=key, value=value)
+    onnx.save_model(model_proto, str(path))
 
 
 def cpu_choice() -> dict:

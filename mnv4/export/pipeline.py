@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifact.facts import ArtifactFacts
+from ..artifact.facts import ArtifactFacts, Description
 from ..artifact.files import (
     artifact_bytes,
     check_output,
@@ -33,6 +33,7 @@ from ..artifact.options import ExportRequest, check
 from ..artifact.parity import DYNAMIC_VERIFY_BATCHES
 from ..artifact.reference import Reference, reference_path
 from ..calibration import DEFAULT_COUNT, Calibration, builtin_calibration, chosen, directory_calibration, image_files
+from ..data import imagenet_class_names
 from ..errors import MNV4Error, ParityFailed, one_line
 from ..model.specs import get_spec
 from ..model.task import task_of
@@ -110,8 +111,13 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
         raise MNV4Error(f"--labels {request.labels} names {len(labels)} classes; the model has {model.num_classes}")
     calibration = calibration_for(request, preprocessing) if request.precision_row.calibrated else None
     partial = partial_path(output)
+    preprocessing_record = {"crop_pct": preprocessing.crop_pct, "interpolation": preprocessing.interpolation,
+                            "mean": list(preprocessing.mean), "std": list(preprocessing.std)}
+    description = Description(request.variant, preprocessing.resolution,
+                              labels or (imagenet_class_names() if model.num_classes == 1000 else None),
+                              preprocessing_record, _version())
     try:
-        facts, seconds = _write(fmt, model, request, preprocessing, calibration, partial, step)
+        facts, seconds = _write(fmt, model, request, preprocessing, calibration, partial, step, description)
         verification, reference = _verify(fmt, request, model, preprocessing, facts, partial, step)
         manifest = Manifest(
             format=fmt, artifact=output.name, sha256=sha256(partial), bytes=artifact_bytes(partial),
@@ -119,8 +125,7 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
             batch=DYNAMIC if request.dynamic_batch else request.batch, precision=request.precision,
             num_classes=model.num_classes, labels=labels, calibration=calibration.record() if calibration else None,
             reference=reference.record(output, partial) if reference else None, model=_size(model, preprocessing),
-            preprocessing={"crop_pct": preprocessing.crop_pct, "interpolation": preprocessing.interpolation,
-                           "mean": list(preprocessing.mean), "std": list(preprocessing.std)},
+            preprocessing=preprocessing_record,
             weights=weights, versions={"mnv4": _version(), "torch": torch.__version__, **facts.toolchain},
             export_seconds=round(seconds, 2), facts=facts.manifest_fields(), parity=verification)
         if verification.get("passed") is False:
@@ -140,8 +145,9 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
 
 
 def _write(fmt: str, model, request: ExportRequest, preprocessing, calibration: Calibration | None, partial: Path,
-           step: Step) -> tuple[ArtifactFacts, float]:
-    """The artifact written at `partial` by its format's exporter: its facts and the seconds it took."""
+           step: Step, description: Description) -> tuple[ArtifactFacts, float]:
+    """The artifact written at `partial` by its format's exporter, with `description` inside it where the exporter
+    has a place for it (its `describe`): its facts and the seconds it took."""
     exporter = importlib.import_module(f"mnv4.export.{FORMATS[fmt].exporter}")
     example_batch = max(2, request.batch) if request.dynamic_batch else request.batch
     example = torch.from_numpy(np.random.default_rng(0).standard_normal(
@@ -151,6 +157,9 @@ def _write(fmt: str, model, request: ExportRequest, preprocessing, calibration: 
     # Toolchains print their own progress on stdout, which belongs to `mnv4 export --json`.
     with contextlib.redirect_stdout(sys.stderr):
         facts = exporter.export(model, example, partial, request, calibration.images if calibration else None)
+        describe = getattr(exporter, "describe", None)
+        if describe is not None:
+            describe(partial, description)
     return facts, time.perf_counter() - started
 
 
