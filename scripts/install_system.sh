@@ -3,7 +3,8 @@
 # - Mesa >= 24's software Vulkan driver (lavapipe), from bookworm-backports: LiteRT's GPU accelerator (ML Drift over
 #   WebGPU/Dawn) needs it; bookworm's own Mesa 22 is refused by Dawn;
 # - Chromium, for ONNX Runtime Web and LiteRT.js (driven by playwright-core, from mnv4/web's npm lock file);
-# - qemu-user-static and debootstrap, for the ARM emulation (`mnv4 emulate arm64`).
+# - qemu-user-static and debootstrap, for the ARM emulation (`mnv4 emulate arm64`);
+# - onnxruntime 1.17 in a venv of its own (/opt/mnv4-onnxruntime-1.17), the oldest release ONNX exports are tested in.
 # Idempotent: what is installed already is left as it is. Then `npm ci` vendors the web page's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,5 +36,12 @@ if [ ${#need[@]} -gt 0 ] || $old_mesa; then
     fi
 fi
 (cd mnv4/web && npm ci --silent --no-audit --no-fund)
+# The oldest onnxruntime the README says ONNX exports load in (Android apps pin old ONNX Runtime Mobile releases), in a
+# venv of its own beside the project's.
+ORT_OLDEST=/opt/mnv4-onnxruntime-1.17
+if [ ! -x "$ORT_OLDEST/bin/python" ] || ! "$ORT_OLDEST/bin/python" -c "import onnxruntime" 2>/dev/null; then
+    python3 -m venv "$ORT_OLDEST"
+    "$ORT_OLDEST/bin/pip" install --quiet "onnxruntime==1.17.3" "numpy<2"
+fi
 echo "system parts: mesa-vulkan-drivers $(dpkg-query -W -f='${Version}' mesa-vulkan-drivers)," \
      "$(chromium --version 2>/dev/null | head -1), qemu-aarch64-static $(qemu-aarch64-static --version | head -1 | awk '{print $NF}')"

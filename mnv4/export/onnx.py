@@ -77,16 +77,29 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
     if precision is INT8:
         quantization = _quantize(model_proto, path, calibration, None if options.dynamic_batch else batch)
         model_proto = onnx.load(str(path))
-    else:
-        # save_model keeps every weight inline, where torch.onnx.export(f=...) would default to a separate
-        # .onnx.data file; these models are far below protobuf's 2 GiB limit for a single file.
-        onnx.save_model(model_proto, path)
+    _for_older_runtimes(model_proto)
+    # save_model keeps every weight inline, where torch.onnx.export(f=...) would default to a separate .onnx.data
+    # file; these models are far below protobuf's 2 GiB limit for a single file.
+    onnx.save_model(model_proto, path)
     onnx.checker.check_model(str(path), full_check=True)
     return ArtifactFacts(
         interface=Interface(INPUT_NAME, "NCHW", [batch, *example.shape[1:]], "float32", OUTPUT_NAME, "float32"),
         weights_dtype=precision.weights_dtype, compute_dtype=precision.compute_dtype,
         toolchain={package: metadata.version(package) for package in TOOLCHAIN}, quantization=quantization,
         details={"opset": next(entry.version for entry in model_proto.opset_import if entry.domain in ("", "ai.onnx"))})
+
+
+def _for_older_runtimes(model_proto) -> None:
+    """Only the opset imports the graph uses (the int8 quantizer adds eight unused ones, ai.onnx.ml among them, which
+    onnxruntime 1.17 refuses), and the lowest IR version those opsets allow (the exporter writes IR 10, which
+    onnxruntime before 1.18 refuses: "Unsupported model IR version: 10, max supported IR version: 9")."""
+    from onnx import helper
+
+    used = {node.domain or "" for node in model_proto.graph.node}
+    unused = [entry for entry in model_proto.opset_import if (entry.domain or "") not in used | {"ai.onnx"}]
+    for entry in unused:
+        model_proto.opset_import.remove(entry)
+    model_proto.ir_version = helper.find_min_ir_version_for(list(model_proto.opset_import))
 
 
 def describe(path: Path, description: Description) -> None:
