@@ -14,7 +14,8 @@ Artifacts are at 64 px wherever resolution is not what is under test.
 The catalogue: ask the store for one of these (the same keywords make the same artifact) before adding another, and
 add one only for a capability none of them has. Seeded conv_small unless said otherwise; "fixture" is the trained
 digits fixture (fixture=True), whose verification includes its held-out accuracy.
-    onnx        dynamic_batch=True | variant="hybrid_medium", dynamic_batch=True | precision="int8" (device tier)
+    onnx        dynamic_batch=True | variant="hybrid_medium", dynamic_batch=True | opset=18 |
+                precision="int8" (device tier)
                 fixture, precision="fp16", batch=2 | fixture, precision="int8", dynamic_batch=True
     tflite      (fp32) | precision="fp16", nhwc=True, dynamic_batch=True, cli=True | variant="hybrid_medium",
                 dynamic_batch=True | fixture, precision="int8" | fixture, precision="int8", int8_io=True |

@@ -86,6 +86,15 @@ def test_the_file_imports_only_the_opsets_it_uses_at_the_lowest_ir_version_they_
         assert model_proto.ir_version == helper.find_min_ir_version_for(list(model_proto.opset_import)) == 9
 
 
+def test_opset_18_reaches_further_back_and_still_passes(store):
+    artifact = store.get("onnx", opset=18)
+    model_proto = onnx.load(str(artifact))
+    assert [(entry.domain, entry.version) for entry in model_proto.opset_import] == [("", 18)]
+    assert model_proto.ir_version == 8
+    manifest = manifest_of(artifact)
+    assert manifest["opset"] == 18 and manifest["parity"]["passed"] is True
+
+
 @pytest.mark.devices
 @pytest.mark.parametrize("options", [{"dynamic_batch": True}, {"fixture": True, "precision": "fp16", "batch": 2},
                                      {"fixture": True, "precision": "int8", "dynamic_batch": True}])

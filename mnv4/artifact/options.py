@@ -130,6 +130,8 @@ OPTIONS: dict[str, Option] = {row.name: row for row in (
     Option("delegate", "The backend the program's operators go to (default xnnpack); only XNNPACK runs here, the "
            "others are lowered and checked but not executed.", takers=(Taker("executorch"),),
            choices=FORMATS["executorch"].delegates),
+    Option("opset", "The ONNX opset to write (default 20; 18 reaches older runtimes, newer ones take newer).",
+           takers=(Taker("onnx"),), bounds=(18, 24)),
     Option("compute_units", "The hardware Core ML may run the program on.", takers=_COREML_PROGRAMS, choices=COMPUTE_UNITS),
     Option("minimum_deployment_target", f"The oldest OS that runs the program (default {DEFAULT_DEPLOYMENT_TARGET}).",
            takers=_COREML_PROGRAMS, choices=tuple(DEPLOYMENT_TARGETS)),
@@ -155,6 +157,7 @@ class ArtifactOptions:
     image_input: bool = False  # normalised inside the model
     int8_io: bool = False
     delegate: str | None = None  # None: the format's default
+    opset: int | None = None  # None: the ONNX exporter's default
     compute_units: str | None = None
     minimum_deployment_target: str | None = None
 

@@ -21,6 +21,9 @@ from .program import export_program
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
+# torch's dynamo exporter writes opset 18 and later (asked for 17, its converter fails on ReduceMean's axes);
+# onnxruntime reads 20 from 1.17 on.
+DEFAULT_OPSET = 20
 BATCH_AXIS_NAME = "batch"
 TOOLCHAIN = ("torch", "onnx", "onnxscript")
 
@@ -64,7 +67,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
 
     program = export_program(model, example, options.dynamic_batch)
     model_proto = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    verbose=False).model_proto
+                                    opset_version=options.opset or DEFAULT_OPSET, verbose=False).model_proto
     _global_pools(model_proto)
     _explicit_gemm_biases(model_proto)
     if options.dynamic_batch:
