@@ -187,6 +187,12 @@ def row_parity(reference: Reference, logits: np.ndarray, limits: Limits, task_lo
     return {**parity, "passed": not failures, "failures": failures}
 
 
+def with_known_issue(text: str, record: dict) -> str:
+    """A verdict or its failures, followed by the known upstream issue of the runtime that reached it, where the record
+    names one."""
+    return text + (f" ({record['known_issue']})" if record.get("known_issue") else "")
+
+
 def check_classes(expected: np.ndarray, actual: np.ndarray) -> None:
     """An artifact of another number of classes than its reference's is not the artifact of that reference."""
     if actual.shape != expected.shape:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .manifest import Manifest
+from .parity import with_known_issue
 from .precisions import FP32
 
 
@@ -14,9 +15,7 @@ def parity_line(parity: dict) -> str:
     if parity.get("passed") is None:
         return f"  parity: {parity['status']}"
     worst, truth = parity["worst"], parity.get("worst_float64")
-    verdict = "PASS" if parity["passed"] else "FAIL: " + "; ".join(parity["failures"])
-    if parity.get("known_issue"):
-        verdict += f" ({parity['known_issue']})"
+    verdict = with_known_issue("PASS" if parity["passed"] else "FAIL: " + "; ".join(parity["failures"]), parity)
     evidence = (f"; against float64: artifact {truth['artifact']['rel_err']:.1e}, PyTorch fp32 "
                 f"{truth['pytorch_fp32']['rel_err']:.1e}, top-1 {truth['artifact']['top1_agreement']:.0%}"
                 if truth else "")

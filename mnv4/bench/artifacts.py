@@ -16,20 +16,20 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import schema
-from ..artifact.formats import FORMATS, RUNTIMES, runtime_of
+from ..artifact.formats import FORMATS, runtime_of
 from ..artifact.manifest import Manifest, manifest_path, read_manifest, unchanged
 from ..artifact.precisions import FP16
 from ..artifact.reference import Reference, read_reference
 from ..errors import MissingExtraError, MNV4Error
-from ..runtimes import runner_class
+from ..runtimes import recorded_runtime
 from .measure import (
-    EMULATED_TIMING,
     Progress,
     finish_rows,
     is_measured,
     measure_again,
     measure_and_report,
     measure_row,
+    timing_of,
 )
 from .plan import CPU_RUNTIMES, Measurement, Row, check_measurement, check_runtimes, runtimes_of
 from .results import Status, results_document, unavailable_reason
@@ -99,8 +99,7 @@ def row_of(found: Found, threads: int, runtime: str | None = None) -> Row:
     manifest = found.manifest
     row = runtime_of(found.path, runtime)
     try:
-        # The CPU runtime named by this platform's runner (Core ML: predict or the interpreter).
-        name, status, reason = runner_class(found.path, row.name).runtime if runtime is None else row.name, Status.OK, None
+        name, status, reason = recorded_runtime(found.path, row.name), Status.OK, None
     except MissingExtraError as error:
         name, status, reason = row.name, Status.UNAVAILABLE, unavailable_reason(error)
     return Row("mnv4", manifest.format, name, "cpu", manifest.precision, threads,
@@ -169,9 +168,8 @@ def _jobs(item: Found, index: int, options: ArtifactBenchOptions, work: Path) ->
     # fp16 artifacts only: the flag forces every float operator of a file to float16, fp32 ones too
     forced = options.xnnpack_fp16 and manifest.format == "tflite" and manifest.precision == FP16.name
     cpu = FORMATS[manifest.format].runtimes[0]
-    return [WorkerJob(inputs=str(inputs), timing=EMULATED_TIMING if RUNTIMES[runtime].emulated else options.timing,
-                      threads=threads, batch=1 if manifest.dynamic_batch else manifest.batch, path=str(item.path),
-                      runtime=None if runtime == cpu else runtime,
+    return [WorkerJob(inputs=str(inputs), timing=timing_of(runtime, options.timing), threads=threads,
+                      batch=1 if manifest.dynamic_batch else manifest.batch, path=str(item.path), runtime=runtime,
                       runner_options={"xnnpack_fp16": True} if forced and runtime == cpu else {},
                       task_inputs=str(task_inputs) if item.reference.task is not None else None)
             for runtime in runtimes_of(manifest.format, options.runtimes) for threads in options.threads]

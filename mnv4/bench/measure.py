@@ -17,7 +17,7 @@ import numpy as np
 
 from ..artifact.files import artifact_bytes, claimed
 from ..artifact.formats import RUNTIMES
-from ..artifact.parity import row_parity
+from ..artifact.parity import row_parity, with_known_issue
 from ..artifact.precisions import FP32, PRECISIONS
 from ..artifact.reference import Reference
 from ..errors import MNV4Error
@@ -55,9 +55,10 @@ def emulated(row: Row) -> bool:
     return row.runtime_row is not None and RUNTIMES[row.runtime_row].emulated
 
 
-def timing_of(row: Row, timing: Timing) -> Timing:
-    """How the row is timed: as asked, or briefly where its device is emulated."""
-    return EMULATED_TIMING if emulated(row) else timing
+def timing_of(runtime: str | None, timing: Timing) -> Timing:
+    """How a row in `runtime` (a row of RUNTIMES; None: PyTorch) is timed: as asked, or briefly where its device is
+    emulated."""
+    return EMULATED_TIMING if runtime is not None and RUNTIMES[runtime].emulated else timing
 
 
 def run_worker(job: WorkerJob | dict, threads: int | None, work: Path) -> tuple[dict, np.ndarray | None,
@@ -125,7 +126,7 @@ def judge_row(row: Row, reference: Reference, logits: np.ndarray, task_logits: n
         parity["known_issue"] = issue
     row.parity = parity
     if failures:
-        row.status, row.reason = Status.PARITY_FAILED, "; ".join(failures) + (f" ({issue})" if issue else "")
+        row.status, row.reason = Status.PARITY_FAILED, with_known_issue("; ".join(failures), parity)
 
 
 def is_measured(row: Row) -> bool:

@@ -12,7 +12,7 @@ from ..artifact.formats import RUNTIMES, TORCH
 from ..artifact.options import MAX_BATCH, MAX_THREADS
 from ..artifact.precisions import BF16, FP16, FP32, PRECISIONS
 from ..errors import MNV4Error, unknown_value
-from ..runtimes import runner_class
+from ..runtimes import recorded_runtime
 from .results import Status
 from .worker import Timing
 
@@ -186,5 +186,4 @@ def _runners(fmt: str, runtimes: tuple[str, ...]) -> list[tuple[str | None, str 
     if fmt == TORCH:
         return [(mode, None, TORCH_RUNTIMES[mode]) for mode in CPU_TORCH_MODES]
     suffix = Path(f"model{ARTIFACT_FORMATS[fmt].suffix}")
-    return [(None, name, runner_class(suffix).runtime if name == ARTIFACT_FORMATS[fmt].runtimes[0] else name)
-            for name in runtimes_of(fmt, runtimes)]
+    return [(None, name, recorded_runtime(suffix, name)) for name in runtimes_of(fmt, runtimes)]

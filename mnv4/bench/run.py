@@ -196,9 +196,9 @@ class Bench:
 
     def _job(self, row: Row) -> WorkerJob:
         options = self.options
-        return WorkerJob(inputs=str(self.inputs_path), timing=timing_of(row, options.timing), threads=row.threads or 1,
-                         batch=row.batch, device=row.device, path=str(row.artifact) if row.artifact else None,
-                         runtime=row.runtime_row, source=row.source,
+        return WorkerJob(inputs=str(self.inputs_path), timing=timing_of(row.runtime_row, options.timing),
+                         threads=row.threads or 1, batch=row.batch, device=row.device,
+                         path=str(row.artifact) if row.artifact else None, runtime=row.runtime_row, source=row.source,
                          variant=options.variant, weights=str(self.weights_path), num_classes=self.model.num_classes,
                          mode=row.mode, precision=row.precision,
                          task_inputs=str(self.task_inputs_path) if self.task_inputs_path else None)

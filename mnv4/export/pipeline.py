@@ -30,7 +30,7 @@ from ..artifact.files import (
 from ..artifact.formats import FORMATS
 from ..artifact.manifest import DYNAMIC, Manifest, manifest_path
 from ..artifact.options import ExportRequest, check
-from ..artifact.parity import DYNAMIC_VERIFY_BATCHES
+from ..artifact.parity import DYNAMIC_VERIFY_BATCHES, with_known_issue
 from ..artifact.reference import Reference, reference_path
 from ..calibration import DEFAULT_COUNT, Calibration, builtin_calibration, chosen, directory_calibration, image_files
 from ..data import imagenet_class_names
@@ -189,8 +189,7 @@ def _verify_where_shipped(request: ExportRequest, facts: ArtifactFacts, partial:
         step(f"verifying in {name}")
         runtimes[name] = verify_in_runtime(partial, name, reference, request.precision, facts.compute_dtype, batches,
                                            request.threads, request.max_accuracy_loss)
-    failures = [f"in {name}: " + "; ".join(record["failures"]) + (f" ({record['known_issue']})"
-                                                                  if record.get("known_issue") else "")
+    failures = [f"in {name}: " + with_known_issue("; ".join(record["failures"]), record)
                 for name, record in runtimes.items() if not record["passed"]]
     return {**verification, "runtimes": runtimes,
             **({"passed": False, "failures": [*verification["failures"], *failures]} if failures else {})}

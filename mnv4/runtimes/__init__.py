@@ -24,6 +24,13 @@ def runner_class(path: str | Path, runtime: str | None = None) -> type[Runner]:
         raise _missing_runtime(path, error) from None
 
 
+def recorded_runtime(path: str | Path, runtime: str | None = None) -> str:
+    """The runtime a result names for the artifact at `path` run in `runtime`: a format's CPU runtime as this platform's
+    runner calls itself (Core ML: its predict on macOS, its program interpreter elsewhere), any other by its row."""
+    row = runtime_of(path, runtime)
+    return runner_class(path, row.name).runtime if row is format_of(path).runtime else row.name
+
+
 def _missing_runtime(path: str | Path, error: ImportError) -> MissingExtraError:
     row = format_of(path)
     return MissingExtraError(f"{row.label}'s runtime ({error.name or error})", row.extra)
@@ -60,4 +67,4 @@ def load(path: str | Path, threads: int = 1, runner: Callable[..., Runner] | Non
         raise DamagedArtifactError(f"{name} cannot load {path}: {one_line(error)}") from None
 
 
-__all__ = ["Runner", "load", "runner_class"]
+__all__ = ["Runner", "load", "recorded_runtime", "runner_class"]
