@@ -57,6 +57,12 @@ class Preprocessing:
         return np.stack([self(image) for image in images])
 
 
+def pixels_of(normalised: np.ndarray, mean, std) -> np.ndarray:
+    """The RGB pixels (0 to 255, float32, NCHW) that a normalised NCHW batch came from: what an image input takes."""
+    mean, std = (np.asarray(values, np.float64).reshape(1, -1, 1, 1) for values in (mean, std))
+    return ((normalised * std + mean) * 255).astype(np.float32)
+
+
 def imagenet_class_names() -> list[str]:
     """ImageNet-1k's class names, in index order (they ship with mnv4)."""
     from importlib import resources

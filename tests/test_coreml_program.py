@@ -13,7 +13,7 @@ from conftest import check_parity, seeded
 
 from mnv4.artifact.parity import RANDOM_INPUTS, compare, truth_breaches
 from mnv4.artifact.precisions import FLOAT16_ARITHMETIC, FP32, Limits
-from mnv4.errors import PlatformUnsupportedError, UnsupportedOperationError
+from mnv4.errors import MNV4Error, PlatformUnsupportedError, UnsupportedOperationError
 from mnv4.model import VARIANTS
 from mnv4.runtimes import runner_class
 from mnv4.runtimes.coreml import CoreMLPredictRunner, CoreMLProgramRunner
@@ -90,16 +90,17 @@ def test_image_input_program_gets_the_pixels_back(store, tmp_path):
     reference = seeded("conv_small")
     pre = reference.preprocessing
     path = store.get("coreml", image_input=True)
-    runner = CoreMLProgramRunner(path, mean=pre.mean, std=pre.std)
-    assert runner.interface.image_input and runner.interface.artifact_batch == 1
+    runner = CoreMLProgramRunner(path)
+    runner.normalisation = (pre.mean, pre.std)
+    assert runner.interface.image_input and runner.image_input and runner.interface.artifact_batch == 1
     check_parity("coreml interpreter conv_small fp32 image input", reference, runner(reference.inputs), FP32_INTERPRETER)
     # Without mean and std, they are read from the manifest beside it; with no manifest there, it cannot run.
     check_parity("image input, mean and std from the manifest", reference, CoreMLProgramRunner(path)(reference.inputs),
-           FP32_INTERPRETER)
+                 FP32_INTERPRETER)
     alone = tmp_path / path.name
     shutil.copytree(path, alone)
-    with pytest.raises(PlatformUnsupportedError, match="takes an image: the Core ML interpreter needs the mean and std"):
-        CoreMLProgramRunner(alone)
+    with pytest.raises(MNV4Error, match="takes RGB pixels: the mean and std its inputs were normalised with come from"):
+        CoreMLProgramRunner(alone)(reference.inputs)
 
 
 # --------------------------------------------------------------------------------------- compression

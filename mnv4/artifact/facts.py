@@ -5,6 +5,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+# The one set of input and output names of every format that names them (ExecuTorch's are positional): normalised
+# tensors in, or RGB pixels where the input is an image, and logits out.
+INPUT_NAME = "pixels"
+IMAGE_INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+
 
 @dataclass(frozen=True)
 class Interface:
@@ -16,28 +22,44 @@ class Interface:
     input_dtype: str
     output_name: str | None  # None: the runtime's outputs have no names (ExecuTorch's are positional)
     output_dtype: str
-    input_kind: str = "tensor"  # "image": an image input that normalises inside the model (Core ML)
+    input_kind: str = "tensor"  # "image": RGB pixels (0 to 255), normalised inside the model
     input_quantization: dict | None = None  # an integer input's dtype, scale and zero point
     output_quantization: dict | None = None
 
 
 @dataclass(frozen=True)
 class Description:
-    """What an app needs to use an artifact, written into it where its format has a place for that (`describe` of an
-    exporter): the model, its classes' names, and the preprocessing its input expects. The manifest stays the full
-    record."""
+    """What an app needs to use an artifact, written into it where its format has a place for that: the model, its
+    classes' names, and the preprocessing its input expects. The manifest stays the full record."""
 
     variant: str
     resolution: int
     labels: list[str] | None  # None: the classes have no names (a model of another task, exported without --labels)
     preprocessing: dict  # crop_pct, interpolation, mean, std
     mnv4_version: str
+    image_input: bool = False  # RGB pixels in, normalised inside the model
+
+    @property
+    def input_name(self) -> str:
+        return IMAGE_INPUT_NAME if self.image_input else INPUT_NAME
 
     def preprocessing_text(self) -> str:
         p = self.preprocessing
-        return (f"resize the short side to {self.resolution} / {p['crop_pct']} ({p['interpolation']}), centre-crop "
-                f"{self.resolution}x{self.resolution}, scale to [0, 1], subtract mean {p['mean']}, divide by std "
-                f"{p['std']} (RGB)")
+        size = (f"resize the short side to {self.resolution} / {p['crop_pct']} ({p['interpolation']}), centre-crop "
+                f"{self.resolution}x{self.resolution}")
+        if self.image_input:
+            return (f"{size}, RGB pixels 0 to 255 (the model subtracts mean {p['mean']} and divides by std {p['std']} "
+                    f"of pixel / 255 itself)")
+        return f"{size}, scale to [0, 1], subtract mean {p['mean']}, divide by std {p['std']} (RGB)"
+
+    def input_text(self, dtype: str, layout: str) -> str:
+        what = "RGB pixels" if self.image_input else "RGB images"
+        return f"Input '{self.input_name}': {dtype} {layout} {what}, {self.preprocessing_text()}."
+
+    def preprocessing_record(self, layout: str) -> dict:
+        """The preprocessing as an app's code reads it (JSON in ONNX metadata, ExecuTorch constant methods, ...)."""
+        return {"resolution": self.resolution, **self.preprocessing, "layout": layout,
+                "scale": "0-255" if self.image_input else "0-1", "normalised_in_model": self.image_input}
 
 
 @dataclass(frozen=True)

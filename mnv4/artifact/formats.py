@@ -117,6 +117,9 @@ class Format:
     color: str  # the report's colour for its rows
     precisions: tuple[str, ...] = (FP32.name, FP16.name, INT8.name)
     delegates: tuple[str, ...] = ()  # rows of DELEGATES it can hand operators to (--delegate); the first is the default
+    # --image-input is an image type of the format's own (Core ML's ImageType, a CVPixelBuffer on device), not NHWC
+    # pixels normalised in the graph
+    image_type: bool = False
 
     @property
     def exporter(self) -> str:
@@ -155,7 +158,8 @@ FORMATS: dict[str, Format] = {row.name: row for row in (
            ("litert", "litert-gpu", "litert-gpu-fp32", "litert-js-wasm", "litert-js-webgpu"), "#ff7f0e",
            precisions=ARTIFACT_PRECISIONS),
     Format("executorch", "ExecuTorch", ".pte", "executorch", ("executorch",), "#2ca02c", delegates=tuple(DELEGATES)),
-    Format("coreml", "Core ML", ".mlpackage", "coreml", ("coreml",), "#9467bd", precisions=ARTIFACT_PRECISIONS),
+    Format("coreml", "Core ML", ".mlpackage", "coreml", ("coreml",), "#9467bd", precisions=ARTIFACT_PRECISIONS,
+           image_type=True),
 )}
 # PyTorch itself, measured beside the artifacts by the bench: a reference, not an artifact format.
 TORCH = "torch"

@@ -120,8 +120,8 @@ OPTIONS: dict[str, Option] = {row.name: row for row in (
                 "other delegates plan one batch)"),
     Option("nhwc", "Channels-last (NHWC) input, as camera frames and TFLite kernels lay it out.",
            takers=(Taker("tflite"), Taker("executorch")), note="the other formats take NCHW"),
-    Option("image_input", "An RGB image input, normalised inside the model (batch 1).", takers=(Taker("coreml"),),
-           note="the other formats take the normalised tensor"),
+    Option("image_input", "An RGB image input named 'image', normalised inside the model (batch 1): NHWC pixels 0 to "
+           "255 (float32; uint8 with --int8-io), or Core ML's image type."),
     Option("int8_io", "int8 input and output tensors (NPUs, Edge TPU).", takers=(Taker("tflite", precisions=(INT8.name,)),)),
     Option("calibration", "A directory of images to calibrate on (default: built-in photos, never the verification "
            "ones; the trained fixture's own training digits).", precisions=CALIBRATED),
@@ -154,7 +154,7 @@ class ArtifactOptions:
     batch: int = 1  # a fixed batch (the exporter sees it as its example's)
     dynamic_batch: bool = False
     nhwc: bool = False
-    image_input: bool = False  # normalised inside the model
+    image_input: bool = False  # RGB pixels, normalised inside the model
     int8_io: bool = False
     delegate: str | None = None  # None: the format's default
     opset: int | None = None  # None: the ONNX exporter's default
@@ -164,6 +164,11 @@ class ArtifactOptions:
     @property
     def precision_row(self) -> Precision:
         return PRECISIONS[self.precision]
+
+    @property
+    def channels_last(self) -> bool:
+        """The input is NHWC: asked for (--nhwc), or pixels of an image input normalised in the graph."""
+        return self.nhwc or self.image_input
 
 
 @dataclass(frozen=True)
@@ -214,6 +219,8 @@ def _one_image(request: ExportRequest, precision: str) -> None:
     if request.image_input and (request.dynamic_batch or request.batch != 1):
         raise UnsupportedOptionError("--image-input is one image per prediction: export --batch 1, or a tensor "
                                      "input for other batches")
+    if request.image_input and request.nhwc:
+        raise UnsupportedOptionError("--image-input takes NHWC pixels already: drop --nhwc")
 
 
 def _new_enough_target(request: ExportRequest, precision: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifact.facts import ArtifactFacts, Interface, Quantization
+from ..artifact.facts import ArtifactFacts, Description, Interface, Quantization
 from ..artifact.options import DEFAULT_DEPLOYMENT_TARGET, MAX_BATCH, ArtifactOptions
 from ..artifact.precisions import FP16, INT8, Precision
 from ..data import IMAGENET_MEAN, IMAGENET_STD
@@ -43,7 +43,7 @@ FLOAT_OPS_RULE = ("operations other than const, constexpr and quantize/dequantiz
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: ArtifactOptions,
-           calibration: np.ndarray | None = None) -> ArtifactFacts:
+           calibration: np.ndarray | None = None, description: Description | None = None) -> ArtifactFacts:
     """Write `model` as a Core ML ML program (iOS 17+ unless the options' minimum deployment target says otherwise)
     at `path`; returns its facts. The options' compute units (all, cpu_only, cpu_and_gpu, cpu_and_ne) are stored in
     the model's metadata for whoever loads it: Core ML takes them at load time.

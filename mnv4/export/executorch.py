@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifact.facts import ArtifactFacts, Delegation, Interface, Quantization
+from ..artifact.facts import IMAGE_INPUT_NAME, INPUT_NAME, ArtifactFacts, Delegation, Description, Interface, Quantization
 from ..artifact.formats import FORMATS, Delegate
 from ..artifact.options import DEFAULT_DEPLOYMENT_TARGET, ArtifactOptions
 from ..artifact.precisions import FP16, INT8
 from ..errors import MissingExtraError
-from ..runtimes.executorch import DYNAMIC_BATCH_METHOD, program_interface
+from ..runtimes.executorch import DYNAMIC_BATCH_METHOD, IMAGE_INPUT_METHOD, program_interface
 from .program import export_program, mobile_program
 
 CALIBRATION_BATCH = 8  # images per calibration forward
@@ -42,8 +42,9 @@ FLOAT_OPS_RULE = ("operators outside the XNNPACK delegate, and operators inside 
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: ArtifactOptions,
-           calibration: np.ndarray | None = None) -> ArtifactFacts:
-    """Write `model` as a .pte at `path`, lowered to the options' delegate (default XNNPACK); returns its facts.
+           calibration: np.ndarray | None = None, description: Description | None = None) -> ArtifactFacts:
+    """Write `model` as a .pte at `path`, lowered to the options' delegate (default XNNPACK), with `description` as
+    constant methods an app calls (`constant_methods`); returns its facts.
     What follows is XNNPACK's; `_lowering` says how the other delegates differ.
 
     fp16 runs XNNPACK's float16 kernels (weights and arithmetic in half precision, the only float16
@@ -74,22 +75,40 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
         module = _quantized(module, calibration, options.nhwc)
     edge = to_edge_transform_and_lower(mobile_program(module, sample, options.dynamic_batch),
                                        transform_passes=[_reshapes_as_static_views], partitioner=[partitioner],
-                                       constant_methods={DYNAMIC_BATCH_METHOD: options.dynamic_batch})
+                                       constant_methods=constant_methods(options, description))
     lowered = edge.exported_program()
     # Read before to_executorch, which rewrites the graph in place into out-variants and allocations.
     delegation = _delegation(lowered.graph_module, delegate)
     quantization = _quantization(lowered.graph_module, len(calibration)) if precision is INT8 else None
-    (input_name,) = lowered.graph_signature.user_inputs
-    max_batch = _planned_max_batch(lowered, input_name) if options.dynamic_batch else None
+    (placeholder,) = lowered.graph_signature.user_inputs
+    max_batch = _planned_max_batch(lowered, placeholder) if options.dynamic_batch else None
     path.write_bytes(edge.to_executorch().buffer)
     input_shape = [-1 if options.dynamic_batch else sample.shape[0], *sample.shape[1:]]
     details.update(method="forward", backend=delegate.backend,
                    structure_check=_structure_check(path, input_shape, max_batch),
                    **({"max_batch": max_batch} if max_batch else {}))
     return ArtifactFacts(
-        Interface(input_name, "NHWC" if options.nhwc else "NCHW", input_shape, "float32", None, "float32"),
+        Interface(IMAGE_INPUT_NAME if options.image_input else INPUT_NAME, "NHWC" if options.channels_last else "NCHW",
+                  input_shape, "float32", None, "float32", input_kind="image" if options.image_input else "tensor"),
         precision.weights_dtype, "float16" if precision is FP16 else precision.compute_dtype,
         {"torch": torch.__version__, "executorch": metadata.version("executorch")}, quantization, delegation, details)
+
+
+def constant_methods(options: ArtifactOptions, description: Description | None) -> dict:
+    """Methods an app calls on the loaded program (`module.execute("mean")` in Java, Kotlin or C++) for what to feed
+    it, beside `forward`: the input's name, kind (tensor or image), layout, resolution, mean and std (which an image
+    input applies itself), and the class names where they are known; and whether the batch is dynamic, which the
+    runner reads."""
+    methods = {DYNAMIC_BATCH_METHOD: options.dynamic_batch, IMAGE_INPUT_METHOD: options.image_input}
+    if description is None:
+        return methods
+    preprocessing = description.preprocessing_record("NHWC" if options.channels_last else "NCHW")
+    methods.update(input_name=description.input_name, input_layout=preprocessing["layout"],
+                   resolution=preprocessing["resolution"], mean=list(preprocessing["mean"]),
+                   std=list(preprocessing["std"]), pixel_scale=preprocessing["scale"], variant=description.variant)
+    if description.labels:
+        methods["labels"] = list(description.labels)
+    return methods
 
 
 def _planned_max_batch(lowered, input_name: str) -> int:

@@ -13,14 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifact.facts import ArtifactFacts, Description, Interface, Quantization
+from ..artifact.facts import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME, ArtifactFacts, Description, Interface, Quantization
 from ..artifact.options import ArtifactOptions
 from ..artifact.precisions import FP16, INT8
 from ..errors import MissingExtraError
 from .program import export_program
 
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "logits"
 # torch's dynamo exporter writes opset 18 and later (asked for 17, its converter fails on ReduceMean's axes);
 # onnxruntime reads 20 from 1.17 on.
 DEFAULT_OPSET = 20
@@ -47,8 +45,9 @@ FLOAT_OPS_RULE = ("ops of the written graph other than QuantizeLinear/Dequantize
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: ArtifactOptions,
-           calibration: np.ndarray | None = None) -> ArtifactFacts:
-    """Write `model` as an ONNX file at `path`; returns its facts.
+           calibration: np.ndarray | None = None, description: Description | None = None) -> ArtifactFacts:
+    """Write `model` as an ONNX file at `path`, with `description` in its metadata (`describe`); returns its facts.
+    The input is NCHW, or with `image_input` the model takes NHWC pixels (`program.ImageInput`).
 
     fp16 means fp16 weights with float32 compute (each weight is followed by a Cast to float32):
     half the file size with float32 inputs, outputs and arithmetic. A fully fp16 graph brings no
@@ -65,8 +64,10 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
     except ImportError:
         raise MissingExtraError("ONNX export", "onnx") from None
 
+    input_name = IMAGE_INPUT_NAME if options.image_input else INPUT_NAME
+    layout = "NHWC" if options.channels_last else "NCHW"
     program = export_program(model, example, options.dynamic_batch)
-    model_proto = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+    model_proto = torch.onnx.export(program, dynamo=True, input_names=[input_name], output_names=[OUTPUT_NAME],
                                     opset_version=options.opset or DEFAULT_OPSET, verbose=False).model_proto
     _global_pools(model_proto)
     _explicit_gemm_biases(model_proto)
@@ -85,8 +86,11 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
     # file; these models are far below protobuf's 2 GiB limit for a single file.
     onnx.save_model(model_proto, path)
     onnx.checker.check_model(str(path), full_check=True)
+    if description is not None:
+        describe(path, description, layout)
     return ArtifactFacts(
-        interface=Interface(INPUT_NAME, "NCHW", [batch, *example.shape[1:]], "float32", OUTPUT_NAME, "float32"),
+        interface=Interface(input_name, layout, [batch, *example.shape[1:]], "float32", OUTPUT_NAME, "float32",
+                            input_kind="image" if options.image_input else "tensor"),
         weights_dtype=precision.weights_dtype, compute_dtype=precision.compute_dtype,
         toolchain={package: metadata.version(package) for package in TOOLCHAIN}, quantization=quantization,
         details={"opset": next(entry.version for entry in model_proto.opset_import if entry.domain in ("", "ai.onnx"))})
@@ -105,21 +109,21 @@ def _for_older_runtimes(model_proto) -> None:
     model_proto.ir_version = helper.find_min_ir_version_for(list(model_proto.opset_import))
 
 
-def describe(path: Path, description: Description) -> None:
+def describe(path: Path, description: Description, layout: str) -> None:
     """Write into the file what an app reads with `InferenceSession.get_modelmeta()`: a doc string saying what goes in
     and comes out, model version 1, and metadata_props `labels` (a JSON list, one name per class), `preprocessing`
-    (JSON: resolution, crop_pct, interpolation, mean, std, layout), `variant` and `mnv4_version`."""
+    (JSON: resolution, crop_pct, interpolation, mean, std, layout, scale, normalised_in_model), `variant` and
+    `mnv4_version`."""
     import onnx
 
     model_proto = onnx.load(str(path))
     classes = f"{len(description.labels)} classes, named in metadata 'labels'" if description.labels else "class logits"
-    model_proto.doc_string = (f"MobileNetV4 {description.variant} exported by mnv4 {description.mnv4_version}. Input "
-                              f"'{INPUT_NAME}': float32 NCHW RGB images, {description.preprocessing_text()}. Output "
-                              f"'{OUTPUT_NAME}': {classes} (softmax for probabilities).")
+    model_proto.doc_string = (f"MobileNetV4 {description.variant} exported by mnv4 {description.mnv4_version}. "
+                              f"{description.input_text('float32', layout)} Output '{OUTPUT_NAME}': {classes} "
+                              f"(softmax for probabilities).")
     model_proto.model_version = 1
     properties = {"variant": description.variant, "mnv4_version": description.mnv4_version,
-                  "preprocessing": json.dumps({"resolution": description.resolution, **description.preprocessing,
-                                               "layout": "NCHW", "scale": "0-1"}),
+                  "preprocessing": json.dumps(description.preprocessing_record(layout)),
                   **({"labels": json.dumps(description.labels)} if description.labels else {})}
     del model_proto.metadata_props[:]
     for key, value in properties.items():

@@ -33,13 +33,14 @@ from ..artifact.options import ExportRequest, check
 from ..artifact.parity import DYNAMIC_VERIFY_BATCHES, with_known_issue
 from ..artifact.reference import Reference, reference_path
 from ..calibration import DEFAULT_COUNT, Calibration, builtin_calibration, chosen, directory_calibration, image_files
-from ..data import imagenet_class_names
+from ..data import imagenet_class_names, pixels_of
 from ..errors import MNV4Error, ParityFailed, one_line
 from ..model.specs import get_spec
 from ..model.task import task_of
 from ..text import BOM, printable, unsafe_characters
 from ..verification.reference import compute_reference, reference_model
 from ..verification.verify import verify_artifact, verify_in_runtime
+from .program import ImageInput
 
 Step = Callable[[str], None]  # told what the export is doing
 MAX_LABELS_BYTES = 16 << 20
@@ -115,7 +116,7 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
                             "mean": list(preprocessing.mean), "std": list(preprocessing.std)}
     description = Description(request.variant, preprocessing.resolution,
                               labels or (imagenet_class_names() if model.num_classes == 1000 else None),
-                              preprocessing_record, _version())
+                              preprocessing_record, _version(), request.image_input)
     try:
         facts, seconds = _write(fmt, model, request, preprocessing, calibration, partial, step, description)
         verification, reference = _verify(fmt, request, model, preprocessing, facts, partial, step)
@@ -147,19 +148,22 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
 def _write(fmt: str, model, request: ExportRequest, preprocessing, calibration: Calibration | None, partial: Path,
            step: Step, description: Description) -> tuple[ArtifactFacts, float]:
     """The artifact written at `partial` by its format's exporter, with `description` inside it where the exporter
-    has a place for it (its `describe`): its facts and the seconds it took."""
+    has a place for it: its facts and the seconds it took."""
     exporter = importlib.import_module(f"mnv4.export.{FORMATS[fmt].exporter}")
     example_batch = max(2, request.batch) if request.dynamic_batch else request.batch
-    example = torch.from_numpy(np.random.default_rng(0).standard_normal(
-        (example_batch, 3, preprocessing.resolution, preprocessing.resolution)).astype(np.float32))
+    example = np.random.default_rng(0).standard_normal(
+        (example_batch, 3, preprocessing.resolution, preprocessing.resolution)).astype(np.float32)
+    images = calibration.images if calibration else None
+    if request.image_input and not FORMATS[fmt].image_type:
+        model = ImageInput(model, preprocessing.mean, preprocessing.std)
+        example, images = (None if batch is None else
+                           np.ascontiguousarray(pixels_of(batch, preprocessing.mean, preprocessing.std).transpose(0, 2, 3, 1))
+                           for batch in (example, images))
     step(f"exporting {fmt} ({request.precision})")
     started = time.perf_counter()
     # Toolchains print their own progress on stdout, which belongs to `mnv4 export --json`.
     with contextlib.redirect_stdout(sys.stderr):
-        facts = exporter.export(model, example, partial, request, calibration.images if calibration else None)
-        describe = getattr(exporter, "describe", None)
-        if describe is not None:
-            describe(partial, description)
+        facts = exporter.export(model, torch.from_numpy(example), partial, request, images, description)
     return facts, time.perf_counter() - started
 
 
@@ -171,24 +175,27 @@ def _verify(fmt: str, request: ExportRequest, model, preprocessing, facts: Artif
     step(f"verifying {fmt} in its runtime on photos")
     batches = DYNAMIC_VERIFY_BATCHES if request.dynamic_batch else (request.batch,)
     reference = compute_reference(model, preprocessing, request.threads, max(batches))
+    # An image input's pixels are recovered with the model's own mean and std: the manifest is written only later.
+    normalisation = (preprocessing.mean, preprocessing.std)
     verification = verify_artifact(partial, reference, request.precision_row.limits_for(facts.compute_dtype), batches,
-                                   request.threads, _image_input_runner(preprocessing) if request.image_input else None,
-                                   max_loss_points=request.max_accuracy_loss)
+                                   request.threads, max_loss_points=request.max_accuracy_loss,
+                                   normalisation=normalisation)
     if request.runtime and verification.get("passed"):
-        verification = _verify_where_shipped(request, facts, partial, reference, batches, verification, step)
+        verification = _verify_where_shipped(request, facts, partial, reference, batches, verification, step,
+                                             normalisation)
     reference.write(partial)
     return verification, reference
 
 
 def _verify_where_shipped(request: ExportRequest, facts: ArtifactFacts, partial: Path, reference: Reference, batches,
-                          verification: dict, step: Step) -> dict:
+                          verification: dict, step: Step, normalisation: tuple) -> dict:
     """The CPU runtime's record with each runtime of `--runtime` judged too (under "runtimes"): the export passes
     only where every one of them does."""
     runtimes = {}
     for name in dict.fromkeys(request.runtime):
         step(f"verifying in {name}")
         runtimes[name] = verify_in_runtime(partial, name, reference, request.precision, facts.compute_dtype, batches,
-                                           request.threads, request.max_accuracy_loss)
+                                           request.threads, request.max_accuracy_loss, normalisation)
     failures = [f"in {name}: " + with_known_issue("; ".join(record["failures"]), record)
                 for name, record in runtimes.items() if not record["passed"]]
     return {**verification, "runtimes": runtimes,
@@ -204,15 +211,6 @@ def _publish(manifest: Manifest, partial: Path, output: Path, stored_reference: 
     if stored_reference:
         publish(reference_path(partial), reference_path(output))
     publish(partial_manifest, manifest_path(output))
-
-
-def _image_input_runner(preprocessing):
-    """An image-input Core ML artifact is verified by the program interpreter, on every platform: it takes
-    the exact pixels the normalised inputs came from, where Core ML's predict would need 8-bit images.
-    Its mean and std come from here because the manifest is written only after verification."""
-    from ..runtimes.coreml import CoreMLProgramRunner
-
-    return functools.partial(CoreMLProgramRunner, mean=preprocessing.mean, std=preprocessing.std)
 
 
 def _size(model, preprocessing) -> dict:

@@ -6,6 +6,22 @@ import torch
 from ..artifact.options import MAX_BATCH
 
 
+class ImageInput(torch.nn.Module):
+    """The model behind an image input: RGB pixels (0 to 255) in NHWC, as camera frames and bitmaps lay them out,
+    normalised inside ((pixel / 255 - mean) / std, as one multiply and add per channel) and made NCHW for the model,
+    so that an app feeds its frames as they are."""
+
+    def __init__(self, model: torch.nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        std = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+        self.register_buffer("scale", (1 / (255 * std)).float())
+        self.register_buffer("shift", (-torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1) / std).float())
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image.permute(0, 3, 1, 2) * self.scale + self.shift)
+
+
 def export_program(model: torch.nn.Module, example: torch.Tensor, dynamic_batch: bool = False):
     """torch.export the eval-mode model on an NCHW example; batch axis dynamic when asked."""
     dynamic_shapes = None

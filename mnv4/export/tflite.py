@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifact.facts import ArtifactFacts, Interface, Quantization
+from ..artifact.facts import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME, ArtifactFacts, Description, Interface, Quantization
 from ..artifact.options import ArtifactOptions
 from ..artifact.precisions import FP16, INT8, INT8_WEIGHTS
 from ..errors import MissingExtraError, MNV4Error
@@ -46,8 +46,9 @@ _INTEGER_ACTIVATION_TYPES = ("INT8", "UINT8", "INT16", "INT4")
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: ArtifactOptions,
-           calibration: np.ndarray | None = None) -> ArtifactFacts:
-    """Write `model` as a .tflite file at `path`; returns its facts.
+           calibration: np.ndarray | None = None, description: Description | None = None) -> ArtifactFacts:
+    """Write `model` as a .tflite file at `path`; returns its facts. Its input and output are named as in every
+    format ('pixels' or 'image', 'logits'), in the signature and the tensors alike.
 
     fp16 stores the convolution and linear weights in half precision and computes in float32
     (litert-torch's fp16 recipe: ai-edge-quantizer's float casting), so inputs and outputs stay
@@ -73,9 +74,10 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
     (model_input,), (model_output,) = interpreter.get_input_details(), interpreter.get_output_details()
     quantized = {"input_quantization": tensor_quantization(model_input),
                  "output_quantization": tensor_quantization(model_output)} if options.int8_io else {}
-    interface = Interface(model_input["name"], "NHWC" if options.nhwc else "NCHW",
+    interface = Interface(model_input["name"], "NHWC" if options.channels_last else "NCHW",
                           [int(size) for size in model_input["shape_signature"]], model_input["dtype"].__name__,
-                          model_output["name"], model_output["dtype"].__name__, **quantized)
+                          model_output["name"], model_output["dtype"].__name__,
+                          input_kind="image" if options.image_input else "tensor", **quantized)
     precision = options.precision_row
     return ArtifactFacts(interface, precision.weights_dtype, precision.compute_dtype,
                          {package: metadata.version(package) for package in TOOLCHAIN},
@@ -124,15 +126,24 @@ def _flatbuffer(model: torch.nn.Module, example: torch.Tensor, options: Artifact
             # The same ranges for both, so that the two files differ by the batch alone.
             at_next_batch, _ = quantize_static(at_next_batch, None, options.int8_io, calibrated)
         flatbuffer = free_batch(flatbuffer, at_next_batch, len(example))
-    return inline_weights(flatbuffer)
+    # Packed again with every constant inside the flatbuffer: ai-edge-quantizer (fp16, int8-weights, int8) writes
+    # most weights after it, referenced by offset, which OpenVINO 2026.4 and MediaPipe 0.10 refuse ("Input tensor ...
+    # is not produced") and tools that rewrite the flatbuffer (metadata writers) lose. A flatbuffer holds 2 GB at
+    # most; these models are far below it.
+    model = _unpack(flatbuffer)
+    _name_io(model, IMAGE_INPUT_NAME if options.image_input else INPUT_NAME)
+    return _pack(model, len(flatbuffer))
 
 
-def inline_weights(flatbuffer: bytes) -> bytes:
-    """The model with every constant inside its flatbuffer. ai-edge-quantizer (fp16, int8-weights, int8) writes most
-    weights after it, referenced by offset, which OpenVINO 2026.4 and MediaPipe 0.10 refuse ("Input tensor ... is not
-    produced") and tools that rewrite the flatbuffer (metadata writers) lose. A flatbuffer holds 2 GB at most; these
-    models are far below it."""
-    return _pack(_unpack(flatbuffer), len(flatbuffer))
+def _name_io(model, input_name: str) -> None:
+    """The one input and output named as in every format, in the signature (litert-torch: args_0, output_0) and the
+    tensors (serving_default_args_0:0, StatefulPartitionedCall:0)."""
+    graph = model.subgraphs[0]
+    (signature,) = model.signatureDefs
+    for entries, name in ((signature.inputs, input_name), (signature.outputs, OUTPUT_NAME)):
+        (entry,) = entries
+        entry.name = name
+        graph.tensors[entry.tensorIndex].name = name
 
 
 def _pack(model, size_hint: int) -> bytes:

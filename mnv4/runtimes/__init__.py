@@ -37,12 +37,13 @@ def _missing_runtime(path: str | Path, error: ImportError) -> MissingExtraError:
 
 
 def load(path: str | Path, threads: int = 1, runner: Callable[..., Runner] | None = None, runtime: str | None = None,
-         **options) -> Runner:
+         normalisation: tuple | None = None, **options) -> Runner:
     """The runner for an artifact (.onnx, .tflite, .pte, .mlpackage) in `runtime` (a row of RUNTIMES; default: its
     format's CPU runtime), ready to call on NCHW float32; `runner` replaces the runtime's, and `options` are its
-    keywords (`xnnpack_fp16` for LiteRT), refused in one line by a runner without them. An artifact its runtime
-    cannot load (truncated, empty, a directory, a broken package) is a DamagedArtifactError that says what the
-    runtime said."""
+    keywords (`xnnpack_fp16` for LiteRT), refused in one line by a runner without them. `normalisation`, (mean, std),
+    recovers an image input's pixels where the manifest is not written yet (Runner.image_input). An artifact its
+    runtime cannot load (truncated, empty, a directory, a broken package) is a DamagedArtifactError that says what
+    the runtime said."""
     path = Path(path)
     if not path.exists():
         raise MNV4Error(f"artifact not found: {path}")
@@ -58,7 +59,9 @@ def load(path: str | Path, threads: int = 1, runner: Callable[..., Runner] | Non
         if option not in accepted:
             raise MNV4Error(f"--{option.replace('_', '-')} is not an option for {path.name} ({name})")
     try:
-        return factory(path, threads=threads, **options)
+        loaded = factory(path, threads=threads, **options)
+        loaded.normalisation = normalisation or loaded.normalisation
+        return loaded
     except MNV4Error:
         raise
     except ImportError as error:  # a runtime that imports what it needs when it loads

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact.formats import LAYOUTS
+from ..artifact.manifest import read_manifest
+from ..data import pixels_of
 from ..errors import DamagedArtifactError, MNV4Error, one_line
 
 
@@ -31,10 +33,17 @@ class Runner(ABC):
     # The artifact's input (channels, height, width) as NCHW, where its file says; set by each runner, for the check
     # of what it is given.
     input_size: tuple[int, int, int] | None = None
+    # Set by a runner whose artifact takes RGB pixels (an image input, normalised inside the model): it is given the
+    # normalised batch all the same, and feeds the pixels it came from (data.pixels_of), so that parity covers the
+    # model's own normalisation.
+    image_input: bool = False
 
     def __init__(self, path: str | Path, threads: int = 1):
         self.path = Path(path)
         self.threads = threads
+        # (mean, std) an image input's pixels are recovered with: given (`load(normalisation=)`, where the manifest is
+        # not yet written), else read from the manifest beside the artifact on first use.
+        self.normalisation: tuple | None = None
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -46,7 +55,19 @@ class Runner(ABC):
             expected = ", ".join(map(str, self.input_size or ("C", "H", "W")))
             raise MNV4Error(f"{self.path.name or self.runtime} takes NCHW batches of shape (N, {expected}), not an "
                             f"array of shape {batch.shape}")
-        return self.run(np.ascontiguousarray(batch, dtype=np.float32))
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return self.run(pixels_of(batch, *self._normalisation()) if self.image_input else batch)
+
+    def _normalisation(self) -> tuple:
+        if self.normalisation is None:
+            try:
+                # What the command's own check allowed (an edited manifest with --allow-modified) is taken as it is.
+                preprocessing = read_manifest(self.path, allow_modified=True).preprocessing
+            except MNV4Error as error:
+                raise MNV4Error(f"{self.path.name} takes RGB pixels: the mean and std its inputs were normalised with "
+                                f"come from its manifest ({error})") from None
+            self.normalisation = (preprocessing["mean"], preprocessing["std"])
+        return self.normalisation
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:

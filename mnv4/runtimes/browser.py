@@ -115,9 +115,17 @@ def page_row(name: str, url: str, manifest: Manifest, library: Library) -> dict:
             "batch": None if manifest.dynamic_batch else manifest.batch, "input_shape": facts.get("input_shape"),
             "input_dtype": facts.get("input_dtype", "float32"),
             "layout": layout_of(manifest),
-            "preprocessing": manifest.preprocessing, "labels": labels,
+            "preprocessing": _page_preprocessing(manifest), "labels": labels,
             "runtime": {"library": library.package, "version": package_version(library.package),
                         "backends": list(library.backends)}}
+
+
+def _page_preprocessing(manifest: Manifest) -> dict:
+    """The preprocessing the page applies to a photo: the manifest's, or where the model normalises its image input
+    itself, the same resize and crop giving pixels 0 to 255 (mean 0, std 1/255)."""
+    if manifest.facts.get("input_kind") != "image":
+        return manifest.preprocessing
+    return {**manifest.preprocessing, "mean": [0.0] * 3, "std": [1 / 255] * 3}
 
 
 class Site:
@@ -410,6 +418,7 @@ class BrowserRunner(Runner):
             check()
         manifest = read_manifest(self.path, allow_modified=True)  # the caller judges the manifest; this reads its shape
         self.input_size = input_size(manifest.facts.get("input_shape", (None,) * 4), layout_of(manifest))
+        self.image_input = manifest.facts.get("input_kind") == "image"
         self._workdir = Path(tempfile.mkdtemp(prefix="mnv4-browser-"))
         self._io = self._workdir / "io"
         self._io.mkdir()

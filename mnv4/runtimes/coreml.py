@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import platform
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,49 +87,25 @@ class CoreMLProgramRunner(Runner):
     """The .mlpackage's ML program executed by mnv4's interpreter on the CPU, with `threads` PyTorch
     threads, at the precision the program declares (an fp16 program in float16, see coreml_program.py).
 
-    Its numbers are Core ML's; its speed is not (`measures_latency` is False). An image-input program
-    is fed the pixels that the normalised batch came from, p = 255 * (x * std + mean), with `mean` and
-    `std` given or read from the artifact's manifest; the program's own scale and bias then normalise
+    Its numbers are Core ML's; its speed is not (`measures_latency` is False). An image-input program is fed the
+    pixels that the normalised batch came from (Runner.image_input); the program's own scale and bias then normalise
     them again, so that parity covers the image preprocessing too."""
 
     runtime = "coreml-interpreter"
     measures_latency = False
 
-    def __init__(self, path: str | Path, threads: int = 1, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None):
+    def __init__(self, path: str | Path, threads: int = 1):
         super().__init__(path, threads)
         from .coreml_program import Program
 
         self.program = Program(self.path)
         self.interface = read_interface(self.program.spec)
         self.input_size = self.interface.input_size
-        self.pixel_normalisation = None
-        if self.interface.image_input:
-            if mean is None or std is None:
-                mean, std = self._manifest_normalisation()
-            self.pixel_normalisation = (np.asarray(mean, np.float32).reshape(1, 3, 1, 1),
-                                        np.asarray(std, np.float32).reshape(1, 3, 1, 1))
-
-    def _manifest_normalisation(self):
-        from ..artifact.manifest import read_manifest
-
-        try:
-            # What the command's own check allowed (an edited manifest with --allow-modified) is taken as it is.
-            preprocessing = read_manifest(self.path, allow_modified=True).preprocessing
-        except MNV4Error as error:
-            # Off macOS nothing else can run it: reported as not executed (never as a pass) rather than as
-            # a failed export. `mnv4 verify`, with the manifest written, runs it.
-            raise PlatformUnsupportedError(
-                f"{self.path.name} takes an image: the Core ML interpreter needs the mean and std the inputs "
-                f"were normalised with (pass mean= and std=, or keep the manifest beside it: {error})") from None
-        return preprocessing["mean"], preprocessing["std"]
+        self.image_input = self.interface.image_input
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        if self.pixel_normalisation is not None:
-            mean, std = self.pixel_normalisation
-            batch = (batch * std + mean) * np.float32(255)
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:

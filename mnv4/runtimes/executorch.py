@@ -14,9 +14,10 @@ from ..artifact.formats import DELEGATES
 from ..errors import MissingExtraError, PlatformUnsupportedError
 from .base import Runner, artifact_layout, input_size, run_in_artifact_batches
 
-# A constant method the exporter stores in the .pte beside `forward`, so that the runner knows whether the
-# batch axis is free without a manifest.
+# Constant methods the exporter stores in the .pte beside `forward`, so that the runner knows whether the batch axis
+# is free and whether the input is RGB pixels without a manifest.
 DYNAMIC_BATCH_METHOD = "dynamic_batch"
+IMAGE_INPUT_METHOD = "image_input"
 
 # ExecuTorch has one threadpool per process, and each XNNPACK delegate keeps a pointer to the pool
 # that existed when its method was loaded; resizing the pool frees that one. So the pool is resized
@@ -47,10 +48,15 @@ class ExecuTorchRunner(Runner):
         self.input_size = input_size(program_input, self.layout)
         # A dynamic-batch program's input is sized for its largest batch (memory is planned for it).
         self.max_batch = program_input[0]
-        # A .pte from elsewhere lacks the method: treat it as fixed-batch, which is always safe.
-        dynamic = (DYNAMIC_BATCH_METHOD in self._program.method_names
-                   and self._program.load_method(DYNAMIC_BATCH_METHOD).execute([])[0])
-        self.artifact_batch = None if dynamic else self.max_batch
+        # A .pte from elsewhere lacks the methods: fixed-batch, which is always safe, and a tensor input.
+        self.artifact_batch = None if self._constant(DYNAMIC_BATCH_METHOD) else self.max_batch
+        self.image_input = bool(self._constant(IMAGE_INPUT_METHOD))
+
+    def _constant(self, method: str):
+        """What a constant method of the program returns; None where it has no such method."""
+        if method not in self._program.method_names:
+            return None
+        return self._program.load_method(method).execute([])[0]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         self._bind_threadpool()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact.facts import IMAGE_INPUT_NAME
 from ..errors import DamagedArtifactError, MissingExtraError, MissingSystemPartError, MNV4Error, one_line
 from .base import Runner, artifact_layout, input_size, run_in_artifact_batches
 
@@ -44,6 +45,7 @@ class LiteRTRunner(Runner):
         self._input_index = model_input["index"]
         self._output_index = model_output["index"]
         self._input_dtype = model_input["dtype"]
+        self.image_input = model_input["name"] == IMAGE_INPUT_NAME
         self._quantize = quantization_of(model_input)
         self._dequantize = quantization_of(model_output)
         self.layout = artifact_layout(model_input["shape_signature"], layout)

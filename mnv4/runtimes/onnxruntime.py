@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact.facts import IMAGE_INPUT_NAME
 from ..errors import MissingExtraError
 from .base import Runner, artifact_layout, input_size, run_in_artifact_batches
 
@@ -33,6 +34,7 @@ class OnnxRuntimeRunner(Runner):
         self.session = onnxruntime.InferenceSession(self.path.read_bytes(), options, providers=providers)
         (model_input,) = self.session.get_inputs()
         self._input_name = model_input.name
+        self.image_input = model_input.name == IMAGE_INPUT_NAME
         self._input_dtype = _ONNX_DTYPES[model_input.type]
         self.layout = artifact_layout(model_input.shape, layout)
         self.input_size = input_size(model_input.shape, self.layout)

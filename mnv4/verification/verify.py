@@ -22,10 +22,12 @@ REFERENCE_SOURCES = ("auto", "stored", "model")
 
 
 def verify_artifact(artifact: Path, reference: Reference, limits: Limits, batch_sizes, threads: int,
-                    runner_factory: Callable | None = None, max_loss_points: float = MAX_TOP1_LOSS_POINTS) -> dict:
-    """Parity of `artifact`, run by `runner_factory` (default: the runner `mnv4.runtimes` picks for it)."""
+                    runner_factory: Callable | None = None, max_loss_points: float = MAX_TOP1_LOSS_POINTS,
+                    normalisation: tuple | None = None) -> dict:
+    """Parity of `artifact`, run by `runner_factory` (default: the runner `mnv4.runtimes` picks for it); an image
+    input's pixels recovered with `normalisation` (mean, std) where given."""
     try:
-        candidate = load(artifact, threads=threads, runner=runner_factory)
+        candidate = load(artifact, threads=threads, runner=runner_factory, normalisation=normalisation)
     except PlatformUnsupportedError as error:
         return not_executed(error)
     try:
@@ -35,11 +37,12 @@ def verify_artifact(artifact: Path, reference: Reference, limits: Limits, batch_
 
 
 def verify_in_runtime(artifact: Path, runtime: str, reference: Reference, precision: str, exported_dtype: str | None,
-                      batch_sizes, threads: int, max_loss_points: float = MAX_TOP1_LOSS_POINTS) -> dict:
+                      batch_sizes, threads: int, max_loss_points: float = MAX_TOP1_LOSS_POINTS,
+                      normalisation: tuple | None = None) -> dict:
     """Parity of `artifact` in `runtime`, one that users ship to beside its format's CPU one (`mnv4 export
     --runtime`), by the limits of what that runtime computes in."""
     row = runtime_of(artifact, runtime)
-    candidate = load(artifact, threads=threads, runtime=runtime)
+    candidate = load(artifact, threads=threads, runtime=runtime, normalisation=normalisation)
     try:
         return judge_in_runtime(candidate, row, reference, precision, exported_dtype, batch_sizes, max_loss_points)
     finally:
