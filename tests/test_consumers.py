@@ -17,6 +17,9 @@ from mnv4.runtimes.base import run_in_artifact_batches
     ("onnx", {"fixture": True, "precision": "int8", "dynamic_batch": True}),
     ("tflite", {}),
     ("tflite", {"fixture": True, "precision": "int8-weights"}),
+    ("tflite", {"precision": "fp16", "nhwc": True, "dynamic_batch": True, "cli": True}),
+    ("tflite", {"fixture": True, "precision": "int8"}),
+    ("tflite", {"fixture": True, "precision": "int8", "int8_io": True}),
 ])
 def test_openvino_reads_the_artifact_and_matches_its_reference(fmt, options, store):
     artifact = store.get(fmt, **options)
@@ -27,9 +30,19 @@ def test_openvino_reads_the_artifact_and_matches_its_reference(fmt, options, sto
     compiled = core.compile_model(core.read_model(str(artifact)), "CPU",
                                   {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
     fixed = None if manifest.dynamic_batch else manifest.batch
+    # int8_io: the file takes and gives int8, quantized as its manifest records; float I/O has none of these.
+    quantize, dequantize = manifest.facts.get("input_quantization"), manifest.facts.get("output_quantization")
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        if quantize:
+            limits = np.iinfo(quantize["dtype"])
+            batch = np.round(batch / quantize["scale"]) + quantize["zero_point"]
+            batch = np.clip(batch, limits.min, limits.max).astype(quantize["dtype"])
+        logits = compiled(batch)[0]
+        return (logits.astype(np.float32) - dequantize["zero_point"]) * dequantize["scale"] if dequantize else logits
 
     def logits_of(images: np.ndarray) -> np.ndarray:
-        return run_in_artifact_batches(images, "NCHW", np.float32, fixed, lambda batch: compiled(batch)[0])
+        return run_in_artifact_batches(images, manifest.facts["input_layout"], np.float32, fixed, infer)
 
     task = logits_of(reference.task.images) if reference.task is not None else None
     parity = row_parity(reference, logits_of(reference.inputs), manifest.limits, task)

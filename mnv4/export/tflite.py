@@ -130,7 +130,7 @@ def _flatbuffer(model: torch.nn.Module, example: torch.Tensor, options: Artifact
     # most weights after it, referenced by offset, which OpenVINO 2026.4 and MediaPipe 0.10 refuse ("Input tensor ...
     # is not produced") and tools that rewrite the flatbuffer (metadata writers) lose. A flatbuffer holds 2 GB at
     # most; these models are far below it.
-    model = _unpack(flatbuffer)
+    model = _with_deprecated_builtin_codes(_unpack(flatbuffer))
     _name_io(model, IMAGE_INPUT_NAME if options.image_input else INPUT_NAME)
     return _pack(model, len(flatbuffer))
 
@@ -144,6 +144,21 @@ def _name_io(model, input_name: str) -> None:
         (entry,) = entries
         entry.name = name
         graph.tensors[entry.tensorIndex].name = name
+
+
+def _with_deprecated_builtin_codes(model):
+    """The model with each operator code's deprecated_builtin_code set as TFLite's own writers set it: the
+    builtin code, or 127 (PLACEHOLDER_FOR_GREATER_OP_CODES) from 127 on. ai-edge-quantizer leaves it 0 on the
+    DEQUANTIZE and QUANTIZE it adds; LiteRT reads max(builtin_code, deprecated_builtin_code), but OpenVINO 2026.4
+    names the op from deprecated_builtin_code when it is below 127 (GraphIteratorFlatBuffer::get_decoder), so
+    reads them as ADD and fails on their missing AddOptions ("Chosen Builtin Option is not accessible")."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    placeholder = schema.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES
+    for code in model.operatorCodes:
+        number = max(code.builtinCode, code.deprecatedBuiltinCode)
+        code.builtinCode, code.deprecatedBuiltinCode = number, min(number, placeholder)
+    return model
 
 
 def _pack(model, size_hint: int) -> bytes:
