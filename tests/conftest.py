@@ -341,6 +341,17 @@ def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.abs(reference - candidate).max() / np.abs(reference).max())
 
 
+def frames(manifest) -> np.ndarray:
+    """The photos as an app has them after its resize and crop to the artifact's resolution: uint8 RGB, NHWC. Made by
+    the eval transform with mean 0 and std 1/255, a path of its own beside the normalised inputs of the reference."""
+    from mnv4.data import Preprocessing, photos
+
+    spec = manifest.preprocessing
+    as_pixels = Preprocessing(manifest.resolution, spec["crop_pct"], spec["interpolation"], (0.0,) * 3, (1 / 255,) * 3)
+    return np.ascontiguousarray([np.round(as_pixels(image)).astype(np.uint8).transpose(1, 2, 0)
+                                 for image in photos().values()])
+
+
 def check_parity(label: str, reference: Seeded, actual: np.ndarray, limits, count: int | None = None) -> None:
     """`actual`, the logits of the first `count` of the reference's inputs (default all), within `limits` (a Limits
     row) by mnv4's own rule: against the float64 truth, allowing for PyTorch float32's own error on each input. The

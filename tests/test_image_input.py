@@ -5,24 +5,15 @@ import json
 
 import numpy as np
 import pytest
-from conftest import RESOLUTION, assert_one_line_error
+from conftest import RESOLUTION, assert_one_line_error, frames
 
 from mnv4.artifact.facts import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME
 from mnv4.artifact.manifest import read_manifest
 from mnv4.artifact.parity import compare
 from mnv4.artifact.reference import read_reference
-from mnv4.data import Preprocessing, imagenet_class_names, photos
+from mnv4.data import imagenet_class_names, photos
 
 IMAGE_FORMATS = ("onnx", "tflite", "executorch")
-
-
-def frames(manifest) -> np.ndarray:
-    """The photos as an app has them after its resize and crop: uint8 RGB, NHWC. Made by the eval transform with
-    mean 0 and std 1/255, a path of its own beside the normalised inputs that the reference holds."""
-    spec = manifest.preprocessing
-    as_pixels = Preprocessing(manifest.resolution, spec["crop_pct"], spec["interpolation"], (0.0,) * 3, (1 / 255,) * 3)
-    return np.ascontiguousarray([np.round(as_pixels(image)).astype(np.uint8).transpose(1, 2, 0)
-                                 for image in photos().values()])
 
 
 def logits_in_its_runtime(fmt: str, artifact, image: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import warnings
 from collections import Counter
@@ -17,6 +18,7 @@ from ..artifact.options import ArtifactOptions
 from ..artifact.precisions import FP16, INT8, INT8_WEIGHTS
 from ..errors import MissingExtraError, MNV4Error
 from .program import mobile_program
+from .tflite_metadata import uint8_io, with_metadata
 
 TOOLCHAIN = ("torch", "litert-torch", "ai-edge-litert", "ai-edge-quantizer")
 
@@ -40,7 +42,7 @@ DYNAMIC_ACTIVATIONS = ("float32 in the file; the hybrid kernels of the int8-weig
                        "on the fly (per image), the other ops compute in float32")
 FLOAT_OPS_RULE = ("an op computes in float when any of its non-constant inputs or outputs is float; a float op with "
                   "int8 constant weights is a dynamic range (hybrid) op and counts as int8; the QUANTIZE and "
-                  "DEQUANTIZE of float I/O are edges, not ops")
+                  "DEQUANTIZE of float (or uint8) I/O are edges, not ops")
 _FLOAT_TYPES = ("FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16")
 _INTEGER_ACTIVATION_TYPES = ("INT8", "UINT8", "INT16", "INT4")
 
@@ -60,15 +62,22 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
     int8 is full-integer static quantization calibrated on `calibration` (NCHW float32, preprocessed like the
     model's inputs): every op computes in int8 and the input and output stay float32,
     with a QUANTIZE and a DEQUANTIZE at the edges, unless `int8_io` makes them int8 tensors too (for NPUs),
-    whose scale and zero point the facts record. int8-weights is dynamic range quantization: int8 weights,
-    float32 activations, no calibration.
+    whose scale and zero point the facts record; an image input's integer I/O is uint8 (pixels 0 to 255 in), which
+    MediaPipe takes where it refuses int8. int8-weights is dynamic range quantization: int8 weights, float32
+    activations, no calibration.
+
+    `description` becomes TFLite metadata (`_with_description`), which MediaPipe Tasks and the TFLite Task Library
+    read: with `image_input` (NHWC pixels, normalised in the model) the file drops into MediaPipe's ImageClassifier.
     """
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         raise MissingExtraError("TFLite export", "tflite") from None
 
-    path.write_bytes(_flatbuffer(model, example, options, calibration))
+    flatbuffer = _flatbuffer(model, example, options, calibration)
+    if options.image_input and options.int8_io:
+        flatbuffer = uint8_io(flatbuffer)
+    path.write_bytes(_with_description(flatbuffer, description, options) if description else flatbuffer)
     # Describe the input and output as the written file declares them.
     interpreter = Interpreter(model_path=str(path))
     (model_input,), (model_output,) = interpreter.get_input_details(), interpreter.get_output_details()
@@ -83,6 +92,21 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
                          {package: metadata.version(package) for package in TOOLCHAIN},
                          quantization=_quantization(path, options, calibration, len(example)) if precision.quantized
                          else None)
+
+
+def _with_description(flatbuffer: bytes, description: Description, options: ArtifactOptions) -> bytes:
+    """The model with TFLite metadata: its name, what goes in and out, the mnv4 version, an RGB image input where it
+    takes pixels (NormalizationOptions mean 0, std 1 for float pixels 0 to 255: the model normalises), the labels as
+    the output's label file, and the preprocessing as preprocessing.json. No license: mnv4 cannot know the weights'."""
+    layout = "NHWC" if options.channels_last else "NCHW"
+    classes = f"{len(description.labels)} classes, named in labels.txt" if description.labels else "class logits"
+    return with_metadata(
+        flatbuffer, name=f"MobileNetV4 {description.variant}", version=description.mnv4_version, author="mnv4",
+        license="", description=f"MobileNetV4 {description.variant} image classifier, exported by mnv4.",
+        input_is_image=options.image_input, labels=description.labels,
+        preprocessing_json=json.dumps(description.preprocessing_record(layout)),
+        input_description=description.input_text("uint8" if options.int8_io else "float32", layout),
+        output_description=f"'{OUTPUT_NAME}': {classes} (softmax for probabilities).")
 
 
 def _flatbuffer(model: torch.nn.Module, example: torch.Tensor, options: ArtifactOptions,
@@ -175,7 +199,8 @@ def _quantization(path: Path, options: ArtifactOptions, calibration: np.ndarray 
     tool = (f"ai-edge-quantizer {metadata.version('ai-edge-quantizer')}, litert-torch "
             f"{metadata.version('litert-torch')}")
     if options.precision_row is INT8:
-        io = ("int8 (scale and zero point in input_quantization and output_quantization)" if options.int8_io
+        integer = "uint8 (the image's pixels)" if options.image_input else "int8"
+        io = (f"{integer} (scale and zero point in input_quantization and output_quantization)" if options.int8_io
               else "float32 (QUANTIZE/DEQUANTIZE at the edges)")
         return Quantization(INT8_RECIPE, tool, INT8_WEIGHT_SCHEME, INT8_ACTIVATIONS,
                             {"images": len(calibration), "method": "min/max", "batch": batch},
@@ -256,7 +281,8 @@ def op_census(flatbuffer: bytes) -> tuple[Counter, Counter, dict]:
     An op computes in float when any of its non-constant inputs or outputs is float; in integer (int8)
     when they are all integer and one is int8 (or int16, uint8); a float op whose weights are int8
     constants is a dynamic range (hybrid) op, which quantizes its input on the fly and counts as int8.
-    A QUANTIZE of a graph input and a DEQUANTIZE to a graph output are the float I/O's edges, not ops."""
+    A QUANTIZE of a graph input and a DEQUANTIZE (or QUANTIZE, to uint8) to a graph output are the I/O's edges, not
+    ops."""
     from ai_edge_litert import schema_py_generated as schema
 
     model = _unpack(flatbuffer)
@@ -275,7 +301,7 @@ def op_census(flatbuffer: bytes) -> tuple[Counter, Counter, dict]:
         activations = [type_of(i) for i in inputs + outputs if not is_constant(i)]
         constants = [type_of(i) for i in inputs if is_constant(i)]
         if (name == "QUANTIZE" and set(inputs) <= set(graph.inputs)) or \
-                (name == "DEQUANTIZE" and set(outputs) <= set(graph.outputs)):
+                (name in ("DEQUANTIZE", "QUANTIZE") and set(outputs) <= set(graph.outputs)):
             edges[name] += 1
         elif any(dtype in _FLOAT_TYPES for dtype in activations):
             if name not in ("QUANTIZE", "DEQUANTIZE") and "INT8" in constants:
