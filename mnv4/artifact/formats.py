@@ -117,6 +117,9 @@ class Format:
     color: str  # the report's colour for its rows
     precisions: tuple[str, ...] = (FP32.name, FP16.name, INT8.name)
     delegates: tuple[str, ...] = ()  # rows of DELEGATES it can hand operators to (--delegate); the first is the default
+    # Files its exporter writes beside the artifact, as (what the manifest calls one, the suffix that replaces the
+    # artifact's): published, recorded (name and sha256) and removed with it.
+    companions: tuple[tuple[str, str], ...] = ()
 
     @property
     def exporter(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import inspect
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from ..artifact.facts import ArtifactFacts, Description
 from ..artifact.files import (
     artifact_bytes,
     check_output,
+    companion_paths,
     disk_is_full,
     partial_path,
     publish,
@@ -125,6 +127,7 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
             batch=DYNAMIC if request.dynamic_batch else request.batch, precision=request.precision,
             num_classes=model.num_classes, labels=labels, calibration=calibration.record() if calibration else None,
             reference=reference.record(output, partial) if reference else None, model=_size(model, preprocessing),
+            companions=_companions(partial, output),
             preprocessing=preprocessing_record,
             weights=weights, versions={"mnv4": _version(), "torch": torch.__version__, **facts.toolchain},
             export_seconds=round(seconds, 2), facts=facts.manifest_fields(), parity=verification)
@@ -140,23 +143,27 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
             raise MNV4Error(f"cannot write {output}: no space left on {output.parent}") from None
         raise
     finally:
-        for leftover in (partial, manifest_path(partial), reference_path(partial)):
+        for leftover in (partial, manifest_path(partial), reference_path(partial), *companion_paths(partial).values()):
             remove_artifact(leftover)
 
 
 def _write(fmt: str, model, request: ExportRequest, preprocessing, calibration: Calibration | None, partial: Path,
            step: Step, description: Description) -> tuple[ArtifactFacts, float]:
     """The artifact written at `partial` by its format's exporter, with `description` inside it where the exporter
-    has a place for it (its `describe`): its facts and the seconds it took."""
+    has a place for it (its `describe`, or its `export`'s `description`): its facts and the seconds it took."""
     exporter = importlib.import_module(f"mnv4.export.{FORMATS[fmt].exporter}")
     example_batch = max(2, request.batch) if request.dynamic_batch else request.batch
     example = torch.from_numpy(np.random.default_rng(0).standard_normal(
         (example_batch, 3, preprocessing.resolution, preprocessing.resolution)).astype(np.float32))
+    # An exporter whose file cannot be changed once written (ORT's, converted from a described ONNX file) takes the
+    # description as it writes; the others describe their file afterwards, where they can (`describe`).
+    while_writing = "description" in inspect.signature(exporter.export).parameters
     step(f"exporting {fmt} ({request.precision})")
     started = time.perf_counter()
     # Toolchains print their own progress on stdout, which belongs to `mnv4 export --json`.
     with contextlib.redirect_stdout(sys.stderr):
-        facts = exporter.export(model, example, partial, request, calibration.images if calibration else None)
+        facts = exporter.export(model, example, partial, request, calibration.images if calibration else None,
+                                **({"description": description} if while_writing else {}))
         describe = getattr(exporter, "describe", None)
         if describe is not None:
             describe(partial, description)
@@ -196,14 +203,24 @@ def _verify_where_shipped(request: ExportRequest, facts: ArtifactFacts, partial:
 
 
 def _publish(manifest: Manifest, partial: Path, output: Path, stored_reference: bool) -> None:
-    """The verified artifact, its reference and its manifest moved over whatever was at `output`, manifest last."""
+    """The verified artifact, its companions, its reference and its manifest moved over whatever was at `output`,
+    manifest last."""
     partial_manifest = manifest.write(partial)
     remove_artifact(manifest_path(output))
     remove_artifact(reference_path(output))
+    for name, companion in companion_paths(partial).items():
+        publish(companion, companion_paths(output)[name])
     publish(partial, output)
     if stored_reference:
         publish(reference_path(partial), reference_path(output))
     publish(partial_manifest, manifest_path(output))
+
+
+def _companions(partial: Path, output: Path) -> dict | None:
+    """The manifest's record of the files the exporter wrote beside the artifact: their published names and sha256."""
+    written = companion_paths(partial)
+    return {name: {"file": path.name, "sha256": sha256(written[name])}
+            for name, path in companion_paths(output).items()} or None
 
 
 def _image_input_runner(preprocessing):
