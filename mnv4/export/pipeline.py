@@ -31,7 +31,7 @@ from ..artifact.files import (
 )
 from ..artifact.formats import FORMATS
 from ..artifact.manifest import DYNAMIC, Manifest, manifest_path
-from ..artifact.options import ExportRequest, check
+from ..artifact.options import DEFAULT_TARGET_PLATFORM, ExportRequest, check
 from ..artifact.parity import DYNAMIC_VERIFY_BATCHES, with_known_issue
 from ..artifact.reference import Reference, reference_path
 from ..calibration import DEFAULT_COUNT, Calibration, builtin_calibration, chosen, directory_calibration, image_files
@@ -67,6 +67,7 @@ def default_output(request: ExportRequest, fmt: str, resolution: int) -> Path:
     parts += [request.delegate] if request.delegate not in (None, *FORMATS[fmt].delegates[:1]) else []
     parts += [request.compute_units] if request.compute_units else []
     parts += [request.minimum_deployment_target] if request.minimum_deployment_target else []
+    parts += [request.target_platform] if request.target_platform not in (None, DEFAULT_TARGET_PLATFORM) else []
     parts += ["nhwc"] if request.nhwc else []
     parts += ["image"] if request.image_input else []
     parts += ["dynamic"] if request.dynamic_batch else ([f"b{request.batch}"] if request.batch != 1 else [])
