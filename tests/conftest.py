@@ -25,6 +25,7 @@ digits fixture (fixture=True), whose verification includes its held-out accuracy
     coreml      (fp32) | variant="hybrid_medium" | image_input=True | precision="fp16", dynamic_batch=True,
                 compute_units="cpu_and_ne", minimum_deployment_target="iOS16" | fixture, precision="int8" |
                 fixture, precision="int8-weights"
+    ort         (fp32) | fixture, precision="int8"
 """
 from __future__ import annotations
 
@@ -419,6 +420,32 @@ def altered_tflite(path: Path, factor: float = 1.001) -> None:
     builder = flatbuffers.Builder(path.stat().st_size + 1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     path.write_bytes(bytes(builder.Output()))
+
+
+ONNXRUNTIME_OLDEST = Path(os.environ.get("MNV4_ONNXRUNTIME_OLDEST", "/opt/mnv4-onnxruntime-1.17")) / "bin" / "python"
+
+
+def parity_in_oldest_onnxruntime(artifact: Path, tmp_path: Path) -> dict:
+    """The parity record of an ONNX or ORT artifact run in onnxruntime 1.17 (the README's oldest; its venv is made by
+    scripts/install_system.sh) against its stored reference, the fixture's accuracy included."""
+    from mnv4.artifact.manifest import read_manifest
+    from mnv4.artifact.parity import row_parity
+    from mnv4.artifact.reference import read_reference
+
+    if not ONNXRUNTIME_OLDEST.exists():
+        missing_system_part(f"onnxruntime 1.17's venv ({ONNXRUNTIME_OLDEST}) is not installed")
+    manifest = read_manifest(artifact)
+    reference = read_reference(artifact, manifest)
+
+    def logits_of(images: np.ndarray) -> np.ndarray:
+        np.save(tmp_path / "inputs.npy", images)
+        result = subprocess.run([ONNXRUNTIME_OLDEST, Path(__file__).with_name("in_onnxruntime.py"), artifact,
+                                 tmp_path / "inputs.npy", tmp_path / "logits.npy"], capture_output=True, text=True)
+        assert result.returncode == 0 and result.stdout.strip() == "1.17.3", result.stderr
+        return np.load(tmp_path / "logits.npy")
+
+    task = logits_of(reference.task.images) if reference.task is not None else None
+    return row_parity(reference, logits_of(reference.inputs), manifest.limits, task)
 
 
 def check_int8_manifest(manifest: dict, calibration_images: int = 64) -> dict:

@@ -18,13 +18,13 @@ import pytest
 from conftest import assert_one_line_error, copy_artifact, manifest_of, missing_system_part, rewrite_manifest, run_cli
 from PIL import Image
 
-from mnv4.artifact.files import partial_path, sha256
+from mnv4.artifact.files import companion_paths, partial_path, sha256
 from mnv4.artifact.formats import FORMATS
 from mnv4.artifact.manifest import manifest_path
 from mnv4.data import load_image
 
 # The stored artifact of each format that these tests damage (copies of) and run.
-REQUESTS = {"onnx": {"dynamic_batch": True}, "tflite": {}, "executorch": {}, "coreml": {}}
+REQUESTS = {"onnx": {"dynamic_batch": True}, "tflite": {}, "executorch": {}, "coreml": {}, "ort": {}}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,8 @@ def test_format_all_exports_every_format_quietly_and_cleans_up_after_killed_expo
     assert json.loads(result.stdout) == [manifest_of(artifact) for artifact in artifacts]
     assert not stale.exists() and not manifest_path(stale).exists() and live.exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
-        [live.name, *(name for artifact in artifacts for name in (artifact.name, manifest_path(artifact).name))])
+        [live.name, *(path.name for artifact in artifacts
+                      for path in (artifact, manifest_path(artifact), *companion_paths(artifact).values()))])
 
 
 def test_verify_prints_one_line_for_every_format(artifacts, cli):

@@ -2,24 +2,26 @@
 whose batch axis takes any size (attention too), fp16 weights behind float32 I/O, and static int8 in QDQ form, judged
 by the trained fixture's held-out accuracy, with the CPU-specific choice its manifest records."""
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime
 import pytest
 import torch
-from conftest import Trained, check_int8_manifest, check_parity, manifest_of, missing_system_part, seeded, trained_model
+from conftest import (
+    Trained,
+    check_int8_manifest,
+    check_parity,
+    manifest_of,
+    parity_in_oldest_onnxruntime,
+    seeded,
+    trained_model,
+)
 from onnx import helper, numpy_helper
 
 import mnv4
-from mnv4.artifact.manifest import read_manifest
 from mnv4.artifact.options import ArtifactOptions
-from mnv4.artifact.parity import row_parity
 from mnv4.artifact.precisions import FP32, INT8
-from mnv4.artifact.reference import read_reference
 from mnv4.cpu import int8_dot_product, is_arm
 from mnv4.export import onnx as onnx_export
 from mnv4.runtimes.onnxruntime import OnnxRuntimeRunner
@@ -75,47 +77,13 @@ def test_the_file_tells_onnxruntime_its_classes_and_preprocessing(store):
     assert "labels" not in fixture.get_modelmeta().custom_metadata_map
 
 
-ONNXRUNTIME_OLDEST = Path(os.environ.get("MNV4_ONNXRUNTIME_OLDEST", "/opt/mnv4-onnxruntime-1.17")) / "bin" / "python"
-
-
-def test_the_file_imports_only_the_opsets_it_uses_at_the_lowest_ir_version_they_allow(store):
-    for artifact in (store.get("onnx", dynamic_batch=True), store.get("onnx", fixture=True, precision="int8",
-                                                                      dynamic_batch=True)):
-        model_proto = onnx.load(str(artifact))
-        assert [(entry.domain, entry.version) for entry in model_proto.opset_import] == [("", 20)], artifact
-        assert model_proto.ir_version == helper.find_min_ir_version_for(list(model_proto.opset_import)) == 9
-
-
-def test_opset_18_reaches_further_back_and_still_passes(store):
-    artifact = store.get("onnx", opset=18)
-    model_proto = onnx.load(str(artifact))
-    assert [(entry.domain, entry.version) for entry in model_proto.opset_import] == [("", 18)]
-    assert model_proto.ir_version == 8
-    manifest = manifest_of(artifact)
-    assert manifest["opset"] == 18 and manifest["parity"]["passed"] is True
-
-
 @pytest.mark.devices
 @pytest.mark.parametrize("options", [{"dynamic_batch": True}, {"fixture": True, "precision": "fp16", "batch": 2},
                                      {"fixture": True, "precision": "int8", "dynamic_batch": True}])
 def test_onnxruntime_1_17_loads_every_precision_and_it_passes_parity(options, store, tmp_path):
     """Android apps pin older ONNX Runtime Mobile releases: every precision loads in onnxruntime 1.17 (the README's
     oldest; scripts/install_system.sh makes its venv) and passes parity there, the fixture's accuracy included."""
-    if not ONNXRUNTIME_OLDEST.exists():
-        missing_system_part(f"onnxruntime 1.17's venv ({ONNXRUNTIME_OLDEST}) is not installed")
-    artifact = store.get("onnx", **options)
-    manifest = read_manifest(artifact)
-    reference = read_reference(artifact, manifest)
-
-    def logits_of(images: np.ndarray) -> np.ndarray:
-        np.save(tmp_path / "inputs.npy", images)
-        result = subprocess.run([ONNXRUNTIME_OLDEST, Path(__file__).with_name("in_onnxruntime.py"), artifact,
-                                 tmp_path / "inputs.npy", tmp_path / "logits.npy"], capture_output=True, text=True)
-        assert result.returncode == 0 and result.stdout.strip() == "1.17.3", result.stderr
-        return np.load(tmp_path / "logits.npy")
-
-    task = logits_of(reference.task.images) if reference.task is not None else None
-    parity = row_parity(reference, logits_of(reference.inputs), manifest.limits, task)
+    parity = parity_in_oldest_onnxruntime(store.get("onnx", **options), tmp_path)
     assert parity["passed"], parity["failures"]
 
 

@@ -25,7 +25,8 @@ from mnv4.errors import MNV4Error, UnsupportedOptionError
 
 # A value that each option takes where it is taken.
 GIVEN = {"dynamic_batch": True, "nhwc": True, "image_input": True, "int8_io": True, "calibration": "photos",
-         "calibration_count": 8, "delegate": "vulkan", "compute_units": "all", "minimum_deployment_target": "iOS17"}
+         "calibration_count": 8, "delegate": "vulkan", "compute_units": "all", "minimum_deployment_target": "iOS17",
+         "target_platform": "amd64"}
 
 
 def targets():

@@ -153,6 +153,8 @@ def test_a_file_name_with_escape_sequences_reaches_the_terminal_escaped(onnx, tm
     (lambda d: d.update(labels=["x\x1b[2J"] * 1000), "bad value for 'labels'"),
     (lambda d: d["weights"].update(kind="magic"), "bad value for 'kind'"),
     (lambda d: d.update(reference={"file": "r.npz"}), "is missing the key 'sha256'"),
+    (lambda d: d.update(companions={"required_operators": {"file": "m.config", "sha256": "0"}}),
+     "(companion 'required_operators') has a bad value for 'sha256'"),
 ])
 def test_every_manifest_field_is_checked_before_use(change, fragment, onnx, cat_photo, tmp_path, cli):
     """Even in a manifest sealed as if its export had written it: the schema, not the integrity record, refuses."""

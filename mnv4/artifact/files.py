@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import MNV4Error
-from .formats import Format
+from .formats import Format, format_of
 
 
 def sha256(path: str | Path) -> str:
@@ -45,6 +45,13 @@ def remove_artifact(path: str | Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def companion_paths(artifact: str | Path) -> dict[str, Path]:
+    """The files its exporter writes beside an artifact (its format's `companions`), by what the manifest calls them:
+    named like the artifact, its suffix replaced (a partial artifact's are partial too)."""
+    artifact = Path(artifact)
+    return {name: artifact.with_suffix(suffix) for name, suffix in format_of(artifact).companions}
 
 
 def partial_path(output: Path, pid: int | None = None) -> Path:
@@ -86,9 +93,10 @@ def _is_artifact(path: Path, artifact_format: Format) -> bool:
 
 
 def remove_stale_partials(output: Path) -> None:
-    """Remove the partial files of `output` (and their manifests) that a killed export left behind: those
-    whose process no longer runs."""
-    for path in output.parent.glob(f".{output.stem}.partial-*{output.suffix}*"):
+    """Remove the partial files of `output` (and their manifests and companions) that a killed export left behind:
+    those whose process no longer runs."""
+    suffixes = (output.suffix, *(suffix for _, suffix in format_of(output).companions))
+    for path in (path for suffix in suffixes for path in output.parent.glob(f".{output.stem}.partial-*{suffix}*")):
         pid = path.name.removeprefix(f".{output.stem}.partial-").split(".")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not process_running(int(pid)):
             remove_artifact(path)

@@ -120,6 +120,9 @@ class Format:
     # --image-input is an image type of the format's own (Core ML's ImageType, a CVPixelBuffer on device), not NHWC
     # pixels normalised in the graph
     image_type: bool = False
+    # Files its exporter writes beside the artifact, as (what the manifest calls one, the suffix that replaces the
+    # artifact's): published, recorded (name and sha256) and removed with it.
+    companions: tuple[tuple[str, str], ...] = ()
 
     @property
     def exporter(self) -> str:
@@ -160,6 +163,11 @@ FORMATS: dict[str, Format] = {row.name: row for row in (
     Format("executorch", "ExecuTorch", ".pte", "executorch", ("executorch",), "#2ca02c", delegates=tuple(DELEGATES)),
     Format("coreml", "Core ML", ".mlpackage", "coreml", ("coreml",), "#9467bd", precisions=ARTIFACT_PRECISIONS,
            image_type=True),
+    # ONNX Runtime Mobile's format: the ONNX export converted by onnxruntime's tool, whose constant folding turns fp16
+    # weights (Cast to float32) back into float32 ones, so fp16 would be fp32 with rounded weights. Beside it, the
+    # operators a minimal onnxruntime build must include, named as the tool names it for one model.
+    Format("ort", "ORT", ".ort", "onnx", ("onnxruntime",), "#17becf", precisions=(FP32.name, INT8.name),
+           companions=(("required_operators", ".required_operators.config"),)),
 )}
 # PyTorch itself, measured beside the artifacts by the bench: a reference, not an artifact format.
 TORCH = "torch"

@@ -52,6 +52,7 @@ class Manifest:
     calibration: dict | None = None  # int8: the calibration images' source, count and names
     model: dict | None = None  # params, and MACs per image at this resolution
     reference: dict | None = None  # the stored reference beside it (file, sha256, inputs); None: not verified
+    companions: dict | None = None  # the files its exporter wrote beside it, by name: file, sha256 (formats.companions)
     facts: dict = field(default_factory=dict)  # the exporter's record of the artifact's interface
     parity: dict = field(default_factory=dict)
     schema: int = SCHEMA
@@ -148,11 +149,12 @@ _FIELDS = {
     "calibration": schema.NOTHING | schema.OBJECT,
     "model": schema.NOTHING | schema.OBJECT,
     "reference": schema.NOTHING | schema.OBJECT,
+    "companions": schema.NOTHING | schema.OBJECT,
     "compute_dtype": schema.one_of(("float32", "float16", "int8")),
     "parity": schema.OBJECT,
     "integrity": schema.SHA256,
 }
-_OPTIONAL = ("labels", "calibration", "model", "reference", "compute_dtype", "parity", "integrity")
+_OPTIONAL = ("labels", "calibration", "model", "reference", "companions", "compute_dtype", "parity", "integrity")
 _PREPROCESSING = {
     "crop_pct": schema.number(high=1, above=0),
     "interpolation": schema.one_of(INTERPOLATIONS),
@@ -164,6 +166,7 @@ _CHECKPOINT = {"path": schema.text(), "sha256": schema.SHA256}
 _SEEDED = {"seed": schema.integer(0, 2**32 - 1)}
 _REFERENCE = {"file": _TEXT, "sha256": schema.SHA256, "inputs": schema.OBJECT}
 _INPUTS = {"photos": schema.integer(1, MAX_INPUTS), "random": schema.integer(0, MAX_INPUTS)}
+_COMPANION = {"file": _TEXT, "sha256": schema.SHA256}
 
 
 def _check_parts(document: dict, where: str) -> None:
@@ -175,6 +178,8 @@ def _check_parts(document: dict, where: str) -> None:
     if document.get("reference") is not None:
         schema.check(document["reference"], _REFERENCE, f"{where} (reference)")
         schema.check(document["reference"]["inputs"], _INPUTS, f"{where} (reference inputs)")
+    for name, companion in (document.get("companions") or {}).items():
+        schema.check(companion, _COMPANION, f"{where} (companion {name!r})")
     labels = document.get("labels")
     if labels is not None and len(labels) != document["num_classes"]:
         raise MNV4Error(f"{where} has a bad value for 'labels': {len(labels)} names for {document['num_classes']} "

@@ -30,6 +30,11 @@ DEFAULT_DEPLOYMENT_TARGET = "iOS17"
 # The oldest target of a precision's Core ML operations: int8-weights' constexpr dequantization (iOS 16), int8's
 # activation quantize/dequantize (iOS 17).
 OLDEST_DEPLOYMENT_TARGET = {INT8_WEIGHTS.name: "iOS16", INT8.name: "iOS17"}
+# The CPUs an ORT file is optimized for (onnxruntime's convert_onnx_models_to_ort --target_platform): arm by default,
+# for phones. amd64 bakes in x86-only NCHWc operators; the tool's own default (no target) does not, but neither does it
+# fuse int8-activation QDQ pairs into integer operators, as arm does.
+TARGET_PLATFORMS = ("arm", "amd64")
+DEFAULT_TARGET_PLATFORM = "arm"
 
 
 @dataclass(frozen=True)
@@ -114,8 +119,8 @@ OPTIONS: dict[str, Option] = {row.name: row for row in (
     # ExecuTorch 1.5.1 int8: once an XNNPACK int8 program with a spatial mean has run a batch of 4 or more, a larger
     # batch gives wrong logits or corrupts the heap (its float32 twin resizes fine).
     Option("dynamic_batch", "Leave the batch axis free.",
-           takers=(Taker("onnx"), Taker("tflite"), Taker("executorch", ("xnnpack",), (FP32.name, FP16.name)),
-                   Taker("coreml")),
+           takers=(Taker("onnx"), Taker("ort"), Taker("tflite"),
+                   Taker("executorch", ("xnnpack",), (FP32.name, FP16.name)), Taker("coreml")),
            note="export a fixed --batch (ExecuTorch's XNNPACK int8 computes wrong logits when the batch grows; its "
                 "other delegates plan one batch)"),
     Option("nhwc", "Channels-last (NHWC) input, as camera frames and TFLite kernels lay it out.",
@@ -131,7 +136,9 @@ OPTIONS: dict[str, Option] = {row.name: row for row in (
            "others are lowered and checked but not executed.", takers=(Taker("executorch"),),
            choices=FORMATS["executorch"].delegates),
     Option("opset", "The ONNX opset to write (default 20; 18 reaches older runtimes, newer ones take newer).",
-           takers=(Taker("onnx"),), bounds=(18, 24)),
+           takers=(Taker("onnx"), Taker("ort")), bounds=(18, 24)),
+    Option("target_platform", f"The CPU the ORT file is optimized for (default {DEFAULT_TARGET_PLATFORM}: phones; "
+           "amd64 bakes in x86-only operators).", takers=(Taker("ort"),), choices=TARGET_PLATFORMS),
     Option("compute_units", "The hardware Core ML may run the program on.", takers=_COREML_PROGRAMS, choices=COMPUTE_UNITS),
     Option("minimum_deployment_target", f"The oldest OS that runs the program (default {DEFAULT_DEPLOYMENT_TARGET}).",
            takers=_COREML_PROGRAMS, choices=tuple(DEPLOYMENT_TARGETS)),
@@ -158,6 +165,7 @@ class ArtifactOptions:
     int8_io: bool = False
     delegate: str | None = None  # None: the format's default
     opset: int | None = None  # None: the ONNX exporter's default
+    target_platform: str | None = None  # None: DEFAULT_TARGET_PLATFORM
     compute_units: str | None = None
     minimum_deployment_target: str | None = None
 

@@ -4,6 +4,8 @@ resolution, fixed batch, at the precisions the precision table marks `peer` (flo
 every toolchain)."""
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +28,16 @@ def timm_model(variant: str, state_dict: dict, num_classes: int) -> torch.nn.Mod
 def _onnx(model, example, path: Path) -> None:
     # One file (the default would put the weights in a .onnx.data file beside it), so sizes compare.
     torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False)
+
+
+def _ort(model, example, path: Path) -> None:
+    # timm's ONNX file through onnxruntime's tool at its default target platform (none), as mnv4 converts.
+    from ..export.ort import convert
+
+    with tempfile.TemporaryDirectory(prefix="mnv4-peer-ort-") as scratch:
+        source = Path(scratch) / "model.onnx"
+        _onnx(model, example, source)
+        shutil.move(convert(source, Path(scratch), None)[0], path)
 
 
 def _tflite(model, example, path: Path) -> None:
@@ -51,7 +63,7 @@ def _coreml(model, example, path: Path) -> None:
                skip_model_load=True).save(str(path))
 
 
-PEER_EXPORTERS = {"onnx": _onnx, "tflite": _tflite, "executorch": _executorch, "coreml": _coreml}
+PEER_EXPORTERS = {"onnx": _onnx, "tflite": _tflite, "executorch": _executorch, "coreml": _coreml, "ort": _ort}
 # A format added to the table needs its timm exporter here too: say so on import, not halfway through a bench.
 if PEER_EXPORTERS.keys() != FORMATS.keys():
     raise MNV4Error(f"timm peer exporters ({', '.join(PEER_EXPORTERS)}) do not match the formats "

@@ -121,9 +121,10 @@ def check_runtimes(runtimes: tuple[str, ...], formats: tuple[str, ...] | None = 
     for name in runtimes:
         if name != CPU_RUNTIMES and name not in RUNTIMES:
             raise MNV4Error(unknown_value("runtime", name, [CPU_RUNTIMES, *RUNTIMES]))
-        owner = next((row for row in ARTIFACT_FORMATS.values() if name in row.runtimes), None)
-        if formats is not None and owner is not None and owner.name not in formats:
-            raise MNV4Error(f"runtime {name} runs {owner.label} artifacts: add {owner.name} to --formats")
+        owners = [row for row in ARTIFACT_FORMATS.values() if name in row.runtimes]  # onnxruntime runs ONNX and ORT
+        if formats is not None and owners and not any(owner.name in formats for owner in owners):
+            raise MNV4Error(f"runtime {name} runs {' and '.join(owner.label for owner in owners)} artifacts: add "
+                            f"{' or '.join(owner.name for owner in owners)} to --formats")
 
 
 def runtimes_of(fmt: str, runtimes: tuple[str, ...]) -> list[str]:

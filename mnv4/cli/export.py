@@ -17,7 +17,8 @@ from .common import Variant, Verbose, emit_json, require_torch
 
 
 def export_command(
-    format: Annotated[str, typer.Option("--format", "-f", help=f"{', '.join(FORMATS)} or all.")] = "tflite",
+    format: Annotated[str, typer.Option(
+        "--format", "-f", help=f"{', '.join(FORMATS)} or all (every format that computes the precision).")] = "tflite",
     variant: Variant = "conv_small",
     weights: Annotated[Path | None, typer.Option(
         "--weights", "-w",
@@ -33,14 +34,16 @@ def export_command(
     verbose: Verbose = False,
     **options,
 ):
-    """Export a variant to ONNX, TFLite, ExecuTorch or Core ML and prove it computes what PyTorch does."""
+    """Export a variant to ONNX, ORT, TFLite, ExecuTorch or Core ML and prove it computes what PyTorch does."""
     require_torch("`mnv4 export`")
     from ..export.pipeline import check_request
 
     if format != "all" and format not in FORMATS:
         raise MNV4Error(unknown_value("format", format, [*FORMATS, "all"]))
-    formats = list(FORMATS) if format == "all" else [format]
     request = ExportRequest(variant=variant, weights=weights, labels=labels, verify=not no_verify, **options)
+    # all: every format that computes the precision (ORT has no fp16, only TFLite and Core ML have int8-weights)
+    formats = [name for name, row in FORMATS.items() if request.precision in row.precisions] if format == "all" \
+        else [format]
     for fmt in formats:
         check_request(fmt, request)
     targets = {fmt: (output / f"{fmt}{FORMATS[fmt].suffix}" if output and format == "all" else output) for fmt in formats}

@@ -1,4 +1,4 @@
-"""Export: one module per format (onnx, tflite, executorch, coreml), each taking the checked `ArtifactOptions` and
+"""Export: one module per format (onnx, tflite, executorch, coreml, ort), each taking the checked `ArtifactOptions` and
 returning typed `ArtifactFacts`, behind one pipeline that writes the artifact, verifies it in its own runtime
 (mnv4.verification) and publishes it with its manifest (pipeline.py).
 

@@ -79,7 +79,8 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
     batch = -1 if options.dynamic_batch else example.shape[0]
     quantization = None
     if precision is INT8:
-        quantization = _quantize(model_proto, path, calibration, None if options.dynamic_batch else batch)
+        quantization = _quantize(model_proto, path, calibration, None if options.dynamic_batch else batch,
+                                 options.target_platform)
         model_proto = onnx.load(str(path))
     _for_older_runtimes(model_proto)
     # save_model keeps every weight inline, where torch.onnx.export(f=...) would default to a separate .onnx.data
@@ -131,22 +132,27 @@ def describe(path: Path, description: Description, layout: str) -> None:
     onnx.save_model(model_proto, str(path))
 
 
-def cpu_choice() -> dict:
+def cpu_choice(target: str | None = None) -> dict:
     """onnxruntime's guidance for CPU inference ("Choosing parameters for CPU inference" in its
     quantization docs), by this CPU's integer dot-product instructions: x86 with VNNI takes uint8
     activations, int8 weights and the full 8-bit range; x86 without VNNI reduces the weights to 7
-    bits (its u8 x s8 multiply-add pairs saturate at int16); ARM takes int8 activations and weights."""
+    bits (its u8 x s8 multiply-add pairs saturate at int16); ARM takes int8 activations and weights.
+    With `target` (an ORT file's target platform, arm or amd64), for that platform's CPUs: this one's instructions
+    where it is one of them; an amd64 target's unknown ones get the 7-bit weights that every x86 CPU computes right."""
     from ..cpu import int8_dot_product, is_arm
 
-    dot_product = int8_dot_product()
-    if is_arm():
-        return {"activations": "int8", "reduce_range": False, "cpu": dot_product or "arm (no dot product)"}
+    arm = is_arm() if target is None else target == "arm"
+    here = arm == is_arm()
+    dot_product = int8_dot_product() if here else None
+    if arm:
+        return {"activations": "int8", "reduce_range": False,
+                "cpu": dot_product or ("arm (no dot product)" if here else "arm target")}
     if dot_product:
         return {"activations": "uint8", "reduce_range": False, "cpu": dot_product}
-    return {"activations": "uint8", "reduce_range": True, "cpu": "x86 without VNNI"}
+    return {"activations": "uint8", "reduce_range": True, "cpu": "x86 without VNNI" if here else "amd64 target"}
 
 
-def _quantize(model_proto, path: Path, calibration: np.ndarray, batch: int | None) -> Quantization:
+def _quantize(model_proto, path: Path, calibration: np.ndarray, batch: int | None, target: str | None) -> Quantization:
     """Static int8 quantization of the float graph into `path`; returns what it did.
 
     quant_pre_process (onnxruntime's graph optimisation and shape inference) first, then quantize_static
@@ -154,14 +160,14 @@ def _quantize(model_proto, path: Path, calibration: np.ndarray, batch: int | Non
     their ranges calibrated by running the images through the float model. Before that, the stem's
     3 input channels are padded to 4 (`_pad_input_channels`), which takes onnxruntime's fast indirect
     int8 convolution instead of its im2col fallback. `batch` is the model's fixed batch (the images are
-    then fed that many at a time, wrapping around), or None for a dynamic batch."""
+    then fed that many at a time, wrapping around), or None for a dynamic batch. `target`: see `cpu_choice`."""
     import onnx
     try:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
     except ImportError:
         raise MissingExtraError("ONNX int8 export (onnxruntime)", "onnx") from None
 
-    choice = cpu_choice()
+    choice = cpu_choice(target)
     padded = _pad_input_channels(model_proto)
     reader = _calibration_reader(model_proto.graph.input[0].name, calibration, batch)
     with tempfile.TemporaryDirectory(prefix="mnv4-onnx-int8-") as scratch:

@@ -19,6 +19,7 @@ from ..artifact.facts import ArtifactFacts, Description
 from ..artifact.files import (
     artifact_bytes,
     check_output,
+    companion_paths,
     disk_is_full,
     partial_path,
     publish,
@@ -29,7 +30,7 @@ from ..artifact.files import (
 )
 from ..artifact.formats import FORMATS
 from ..artifact.manifest import DYNAMIC, Manifest, manifest_path
-from ..artifact.options import ExportRequest, check
+from ..artifact.options import DEFAULT_TARGET_PLATFORM, ExportRequest, check
 from ..artifact.parity import DYNAMIC_VERIFY_BATCHES, with_known_issue
 from ..artifact.reference import Reference, reference_path
 from ..calibration import DEFAULT_COUNT, Calibration, builtin_calibration, chosen, directory_calibration, image_files
@@ -66,6 +67,7 @@ def default_output(request: ExportRequest, fmt: str, resolution: int) -> Path:
     parts += [request.delegate] if request.delegate not in (None, *FORMATS[fmt].delegates[:1]) else []
     parts += [request.compute_units] if request.compute_units else []
     parts += [request.minimum_deployment_target] if request.minimum_deployment_target else []
+    parts += [request.target_platform] if request.target_platform not in (None, DEFAULT_TARGET_PLATFORM) else []
     parts += ["nhwc"] if request.nhwc else []
     parts += ["image"] if request.image_input else []
     parts += ["dynamic"] if request.dynamic_batch else ([f"b{request.batch}"] if request.batch != 1 else [])
@@ -126,6 +128,7 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
             batch=DYNAMIC if request.dynamic_batch else request.batch, precision=request.precision,
             num_classes=model.num_classes, labels=labels, calibration=calibration.record() if calibration else None,
             reference=reference.record(output, partial) if reference else None, model=_size(model, preprocessing),
+            companions=_companions(partial, output),
             preprocessing=preprocessing_record,
             weights=weights, versions={"mnv4": _version(), "torch": torch.__version__, **facts.toolchain},
             export_seconds=round(seconds, 2), facts=facts.manifest_fields(), parity=verification)
@@ -141,7 +144,7 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
             raise MNV4Error(f"cannot write {output}: no space left on {output.parent}") from None
         raise
     finally:
-        for leftover in (partial, manifest_path(partial), reference_path(partial)):
+        for leftover in (partial, manifest_path(partial), reference_path(partial), *companion_paths(partial).values()):
             remove_artifact(leftover)
 
 
@@ -203,14 +206,24 @@ def _verify_where_shipped(request: ExportRequest, facts: ArtifactFacts, partial:
 
 
 def _publish(manifest: Manifest, partial: Path, output: Path, stored_reference: bool) -> None:
-    """The verified artifact, its reference and its manifest moved over whatever was at `output`, manifest last."""
+    """The verified artifact, its companions, its reference and its manifest moved over whatever was at `output`,
+    manifest last."""
     partial_manifest = manifest.write(partial)
     remove_artifact(manifest_path(output))
     remove_artifact(reference_path(output))
+    for name, companion in companion_paths(partial).items():
+        publish(companion, companion_paths(output)[name])
     publish(partial, output)
     if stored_reference:
         publish(reference_path(partial), reference_path(output))
     publish(partial_manifest, manifest_path(output))
+
+
+def _companions(partial: Path, output: Path) -> dict | None:
+    """The manifest's record of the files the exporter wrote beside the artifact: their published names and sha256."""
+    written = companion_paths(partial)
+    return {name: {"file": path.name, "sha256": sha256(written[name])}
+            for name, path in companion_paths(output).items()} or None
 
 
 def _size(model, preprocessing) -> dict:

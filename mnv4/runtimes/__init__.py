@@ -38,7 +38,7 @@ def _missing_runtime(path: str | Path, error: ImportError) -> MissingExtraError:
 
 def load(path: str | Path, threads: int = 1, runner: Callable[..., Runner] | None = None, runtime: str | None = None,
          normalisation: tuple | None = None, **options) -> Runner:
-    """The runner for an artifact (.onnx, .tflite, .pte, .mlpackage) in `runtime` (a row of RUNTIMES; default: its
+    """The runner for an artifact (.onnx, .ort, .tflite, .pte, .mlpackage) in `runtime` (a row of RUNTIMES; default: its
     format's CPU runtime), ready to call on NCHW float32; `runner` replaces the runtime's, and `options` are its
     keywords (`xnnpack_fp16` for LiteRT), refused in one line by a runner without them. `normalisation`, (mean, std),
     recovers an image input's pixels where the manifest is not written yet (Runner.image_input). An artifact its

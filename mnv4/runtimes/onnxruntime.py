@@ -1,4 +1,4 @@
-"""onnxruntime runner for .onnx artifacts."""
+"""onnxruntime runner for .onnx and .ort artifacts."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact.facts import IMAGE_INPUT_NAME
+from ..artifact.formats import FORMATS
 from ..errors import MissingExtraError
 from .base import Runner, artifact_layout, input_size, run_in_artifact_batches
 
@@ -13,7 +14,8 @@ _ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 class OnnxRuntimeRunner(Runner):
-    """An .onnx artifact in onnxruntime: CUDA when this onnxruntime build offers it, else CPU."""
+    """An .onnx artifact in onnxruntime: CUDA when this onnxruntime build offers it, else CPU. An .ort artifact on the
+    CPU alone: its graph was optimized for the CPU execution provider, as ONNX Runtime Mobile runs it."""
 
     runtime = "onnxruntime"
 
@@ -27,10 +29,11 @@ class OnnxRuntimeRunner(Runner):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # a classifier is one chain of ops: nothing to run in parallel
         providers = ["CPUExecutionProvider"]
-        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers() and self.path.suffix != FORMATS["ort"].suffix:
             providers.insert(0, "CUDAExecutionProvider")
         # From its bytes: a model that reads weights from files beside it (external data) cannot load, so what runs
-        # is the one file whose sha256 the manifest records (mnv4 writes self-contained ONNX files).
+        # is the one file whose sha256 the manifest records (mnv4 writes self-contained ONNX files). onnxruntime tells
+        # an ORT file from an ONNX one by its bytes.
         self.session = onnxruntime.InferenceSession(self.path.read_bytes(), options, providers=providers)
         (model_input,) = self.session.get_inputs()
         self._input_name = model_input.name
