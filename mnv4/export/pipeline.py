@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import inspect
 import sys
 import time
 from collections.abc import Callable
@@ -146,8 +147,10 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
 
 def _write(fmt: str, model, request: ExportRequest, preprocessing, calibration: Calibration | None, partial: Path,
            step: Step, description: Description) -> tuple[ArtifactFacts, float]:
-    """The artifact written at `partial` by its format's exporter, with `description` inside it where the exporter
-    has a place for it (its `describe`): its facts and the seconds it took."""
+    """The artifact written at `partial` by its format's exporter, with `description` inside it where the format has a
+    place for it: given to an exporter whose `export` takes it, which builds it into the program (Core ML: the class
+    names make it a classifier), or written into the finished file by the exporter's `describe` (ONNX). Its facts and
+    the seconds it took."""
     exporter = importlib.import_module(f"mnv4.export.{FORMATS[fmt].exporter}")
     example_batch = max(2, request.batch) if request.dynamic_batch else request.batch
     example = torch.from_numpy(np.random.default_rng(0).standard_normal(
@@ -156,7 +159,8 @@ def _write(fmt: str, model, request: ExportRequest, preprocessing, calibration: 
     started = time.perf_counter()
     # Toolchains print their own progress on stdout, which belongs to `mnv4 export --json`.
     with contextlib.redirect_stdout(sys.stderr):
-        facts = exporter.export(model, example, partial, request, calibration.images if calibration else None)
+        described = {"description": description} if "description" in inspect.signature(exporter.export).parameters else {}
+        facts = exporter.export(model, example, partial, request, calibration.images if calibration else None, **described)
         describe = getattr(exporter, "describe", None)
         if describe is not None:
             describe(partial, description)
