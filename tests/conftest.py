@@ -23,8 +23,8 @@ digits fixture (fixture=True), whose verification includes its held-out accuracy
     executorch  (fp32) | precision="fp16", nhwc=True, dynamic_batch=True | fixture, precision="int8", batch=4 |
                 delegate="vulkan" | delegate="coreml"
     coreml      (fp32) | variant="hybrid_medium" | image_input=True | precision="fp16", dynamic_batch=True,
-                compute_units="cpu_and_ne", minimum_deployment_target="iOS16" | fixture, precision="int8" |
-                fixture, precision="int8-weights"
+                compute_units="cpu_and_ne", minimum_deployment_target="iOS16" | fixture, precision="int8",
+                labels=DIGIT_NAMES | fixture, precision="int8-weights"
     ort         (fp32) | fixture, precision="int8"
 """
 from __future__ import annotations
@@ -47,6 +47,7 @@ RESOLUTION = 64
 TOOLCHAINS = ("torch", "executorch", "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "coremltools", "onnx",
               "onnxruntime", "onnxscript", "timm", "numpy")
 MNV4 = Path(__file__).resolve().parents[1] / "mnv4"
+DIGIT_NAMES = Path(__file__).with_name("digit_names.txt")  # a --labels file for the trained digits fixture
 
 
 @dataclass

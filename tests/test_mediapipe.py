@@ -11,7 +11,7 @@ from pathlib import Path
 import mediapipe as mp
 import numpy as np
 import pytest
-from conftest import frames
+from conftest import DIGIT_NAMES, frames
 from mediapipe.tasks.python import BaseOptions
 from mediapipe.tasks.python.vision import ImageClassifier, ImageClassifierOptions
 from PIL import Image
@@ -22,7 +22,6 @@ from mnv4.data import imagenet_class_names, photos
 from mnv4.errors import MNV4Error
 from mnv4.export.tflite_metadata import uint8_io, with_metadata
 
-DIGIT_NAMES = Path(__file__).parent / "assets" / "digit_names.txt"
 ARTIFACTS = {
     "fp32, ImageNet's names": {"image_input": True},
     "int8 with uint8 I/O, the user's names": {"fixture": True, "precision": "int8", "int8_io": True,

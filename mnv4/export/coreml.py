@@ -2,6 +2,8 @@
 as one .mlpackage directory. Converting and saving work anywhere; running one needs macOS."""
 from __future__ import annotations
 
+import functools
+import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,12 @@ from .program import export_program
 INPUT_NAME = "pixels"
 IMAGE_INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+# A classifier's outputs, under coremltools' ClassifierConfig names (Xcode's preview and Vision read them through the
+# model description's predictedFeatureName and predictedProbabilitiesName, whatever they are called).
+LABEL_OUTPUT = "classLabel"
+PROBABILITIES_OUTPUT = "classLabel_probs"
+PROBABILITIES = "probabilities"  # the softmax inside the program that coremltools' classify op reads
+AUTHOR = "mnv4"
 COMPUTE_PLAN = ("not known on Linux: which operations run on the Neural Engine, GPU or CPU is Core ML's "
                 "per-device compute plan (MLComputePlan), which needs macOS")
 
@@ -57,6 +65,10 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
     export's maximum. The input is an NCHW float32 tensor, or with `image_input` an RGB image (a
     CVPixelBuffer on device) normalised inside the model with the model's own mean and std (its `preprocessing`;
     ImageNet's for a module without one).
+
+    With a `description` the model describes itself (`_describe`) and, where it names the classes and takes one image at
+    a time (classify maps one probability vector to names), is a classifier: `classLabel` (the top class's name) and
+    `classLabel_probs` (name -> probability, a softmax inside) come before `logits`, which parity judges.
     """
     try:
         import coremltools as ct
@@ -66,7 +78,8 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
     target = options.minimum_deployment_target or DEFAULT_DEPLOYMENT_TARGET
     precision = options.precision_row
     normalisation = _normalisation_of(model)
-    mlmodel, details = _converted(model, example, options, target, normalisation)
+    keys = _classifier_keys(description, options, example.shape[0])
+    mlmodel, details = _converted(model, example, options, target, normalisation, keys)
     if precision is INT8:
         samples = _calibration_samples(calibration, example.shape[0], options.dynamic_batch,
                                        normalisation if options.image_input else None)
@@ -80,21 +93,35 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
             mlmodel = linear_quantize_weights(mlmodel, _quantizer_config())
     if options.compute_units:
         mlmodel.user_defined_metadata[COMPUTE_UNITS_METADATA] = options.compute_units
+    if description is not None:
+        _describe(mlmodel, description, options.image_input, keys is not None)
     mlmodel.save(str(path))
 
     dtype = _program_dtype(precision)
-    interface = Interface(IMAGE_INPUT_NAME if options.image_input else INPUT_NAME, "NCHW",
-                          [-1 if options.dynamic_batch else example.shape[0], *example.shape[1:]],
-                          "uint8" if options.image_input else "float32", OUTPUT_NAME, "float32",
-                          input_kind="image" if options.image_input else "tensor")
     details.update(model_type="mlprogram", minimum_deployment_target=target,
                    # None: not set (Core ML's default is all; mnv4's predict runner uses the CPU)
                    compute_units=options.compute_units, compute_plan=COMPUTE_PLAN,
-                   **({"max_batch": MAX_BATCH} if options.dynamic_batch else {}))
+                   **({"max_batch": MAX_BATCH} if options.dynamic_batch else {}),
+                   **({"classifier": _classifier_record(description.labels, keys)} if keys else {}))
     quantization = quantization_facts(path, precision, calibration) if precision.quantized else None
-    return ArtifactFacts(interface, precision.weights_dtype if precision.quantized else dtype,
+    return ArtifactFacts(_interface(options, example), precision.weights_dtype if precision.quantized else dtype,
                          precision.compute_dtype if precision is INT8 else dtype,
                          {"torch": torch.__version__, "coremltools": ct.__version__}, quantization, details=details)
+
+
+def _interface(options: ArtifactOptions, example: torch.Tensor) -> Interface:
+    return Interface(IMAGE_INPUT_NAME if options.image_input else INPUT_NAME, "NCHW",
+                     [-1 if options.dynamic_batch else example.shape[0], *example.shape[1:]],
+                     "uint8" if options.image_input else "float32", OUTPUT_NAME, "float32",
+                     input_kind="image" if options.image_input else "tensor")
+
+
+def _classifier_keys(description: Description | None, options: ArtifactOptions, batch: int) -> list[str] | None:
+    """The class names a classifier maps its probabilities to, where the model is one: it has names, and takes one
+    image at a time (a classifier's one probability vector per prediction). None: no classifier."""
+    if description is None or description.labels is None or options.dynamic_batch or batch != 1:
+        return None
+    return classifier_labels(description.labels)
 
 
 def _normalisation_of(model: torch.nn.Module) -> tuple[Sequence[float], Sequence[float]]:
@@ -104,8 +131,9 @@ def _normalisation_of(model: torch.nn.Module) -> tuple[Sequence[float], Sequence
 
 
 def _converted(model: torch.nn.Module, example: torch.Tensor, options: ArtifactOptions, target: str,
-               normalisation: tuple[Sequence[float], Sequence[float]]):
-    """coremltools' ML program of the model, and the image normalisation's record where the input is an image."""
+               normalisation: tuple[Sequence[float], Sequence[float]], labels: list[str] | None):
+    """coremltools' ML program of the model (a classifier of `labels` where given), and the image normalisation's
+    record where the input is an image."""
     import coremltools as ct
 
     batch = ct.RangeDim(1, MAX_BATCH, default=1) if options.dynamic_batch else example.shape[0]
@@ -119,15 +147,115 @@ def _converted(model: torch.nn.Module, example: torch.Tensor, options: ArtifactO
         details["image_normalisation"] = folded
     else:
         model_input = ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)
+    precision = ct.precision[_program_dtype(options.precision_row).upper()]
+    arguments = {"outputs": [ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)], "compute_precision": precision}
+    if labels is not None:
+        model = _WithProbabilities(model)
+        arguments = _classifier(labels, precision)
     # Core ML converts the inference-dialect program that decompositions give.
     program = export_program(model, example, options.dynamic_batch).run_decompositions({})
     mlmodel = ct.convert(
-        program, inputs=[model_input], outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
-        convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
-        compute_precision=ct.precision[_program_dtype(options.precision_row).upper()],
+        program, inputs=[model_input], convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
         # Loading compiles the model for prediction, which only macOS can do; saving needs no load.
-        skip_model_load=True)
+        skip_model_load=True, **arguments)
     return mlmodel, details
+
+
+def _classifier(labels: list[str], precision) -> dict:
+    """ct.convert's arguments for a classifier of `labels` that keeps its logits output: coremltools' ClassifierConfig
+    turns the softmax output into classify's label and probabilities outputs.
+
+    In a float16 program the softmax stays float32 and reads the float32 logits output, so the probabilities are exactly
+    softmax(logits), and the cast that gives the logits is read within the program: coremltools re-runs its passes when
+    it quantizes activations, and one of them (topological_reorder) moves a cast that nothing reads after classify,
+    where its backend needs classify last."""
+    import coremltools as ct
+
+    if precision is ct.precision.FLOAT16:
+        precision = ct.transform.FP16ComputePrecision(
+            op_selector=lambda op: op.op_type != "softmax" or PROBABILITIES not in (var.name for var in op.outputs))
+    pipeline = ct.PassPipeline()
+    pipeline.append_pass(_forget_output_types())
+    return {"outputs": [ct.TensorType(name=OUTPUT_NAME, dtype=np.float32),
+                        ct.TensorType(name=PROBABILITIES, dtype=np.float32)],
+            "classifier_config": ct.ClassifierConfig(labels, predicted_feature_name=LABEL_OUTPUT,
+                                                     predicted_probabilities_output=PROBABILITIES),
+            "compute_precision": precision, "pass_pipeline": pipeline}
+
+
+def classifier_labels(labels: list[str]) -> list[str]:
+    """The class names as the classifier's keys: a name that several classes share (ImageNet's "crane", the bird and the
+    machine) gets each class's index after it, so that every class keeps its own entry in the probabilities."""
+    counts = Counter(labels)
+    return [f"{name} ({index})" if counts[name] > 1 else name for index, name in enumerate(labels)]
+
+
+def _classifier_record(labels: list[str], keys: list[str]) -> dict:
+    """The manifest's record of a classifier: its outputs, and the class names it renamed to keep them apart."""
+    renamed = [key for label, key in zip(labels, keys) if key != label]
+    return {"label_output": LABEL_OUTPUT, "probabilities_output": PROBABILITIES_OUTPUT,
+            **({"renamed": renamed} if renamed else {})}
+
+
+@functools.cache
+def _forget_output_types() -> str:
+    """A graph pass, run after coremltools' own, that drops the outputs' types once `update_output_dtypes` has applied
+    them: coremltools 9's backend looks each output of a classifier up in that list by its place, and the classify op
+    puts its two outputs first, so `logits` (third) is looked up past the end of a list of two (IndexError). A
+    classifier with no other output never gets that far; one that keeps `logits` needs this."""
+    from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
+    from coremltools.converters.mil.mil.passes.pass_registry import register_pass
+
+    @register_pass(namespace="mnv4")
+    class forget_output_types(AbstractGraphPass):
+        def apply(self, prog):
+            for function in prog.functions.values():
+                function.output_types = None
+
+    return "mnv4::forget_output_types"
+
+
+class _WithProbabilities(torch.nn.Module):
+    """The model's logits and their softmax, the probabilities that Core ML's classifier outputs name by class (Vision
+    reports them as confidences, so they must be probabilities, not logits)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, torch.softmax(logits, dim=-1)
+
+
+def _describe(mlmodel, description: Description, image_input: bool, classifier: bool) -> None:
+    """What Xcode's model page and an app's MLModelDescription show: author, version (mnv4's), a short description of
+    what goes in and comes out, each input's and output's description, and user-defined metadata `mnv4.variant`,
+    `mnv4.version`, `mnv4.preprocessing` (JSON), `mnv4.classes` and, where the model is no classifier to hold them,
+    `mnv4.labels` (JSON). No license: an artifact's is its weights', which mnv4 does not know for a user's checkpoint."""
+    labels, p = description.labels, description.preprocessing
+    input_name = IMAGE_INPUT_NAME if image_input else INPUT_NAME
+    classes = f"{len(labels)} classes" if labels else "class logits"
+    takes = (f"an RGB image, {description.resolution}x{description.resolution}: resize the short side to "
+             f"{description.resolution} / {p['crop_pct']} ({p['interpolation']}) and centre-crop; the model normalises it"
+             if image_input else f"float32 NCHW RGB images: {description.preprocessing_text()}")
+    mlmodel.input_description[input_name] = takes
+    mlmodel.output_description[OUTPUT_NAME] = f"{classes} (softmax for probabilities)"
+    outputs = f"'{OUTPUT_NAME}' ({classes})"
+    if classifier:
+        mlmodel.output_description[LABEL_OUTPUT] = "the most probable class's name"
+        mlmodel.output_description[PROBABILITIES_OUTPUT] = "each class's probability, by name (softmax of the logits)"
+        outputs = f"'{LABEL_OUTPUT}' (the top class's name), '{PROBABILITIES_OUTPUT}' (probabilities by name) and " + outputs
+    mlmodel.author = AUTHOR
+    mlmodel.version = description.mnv4_version
+    mlmodel.short_description = (f"MobileNetV4 {description.variant} exported by mnv4 {description.mnv4_version}. Input "
+                                 f"'{input_name}': {takes}. Outputs: {outputs}.")
+    layout = {"layout": "RGB image", "scale": "0-255"} if image_input else {"layout": "NCHW", "scale": "0-1"}
+    mlmodel.user_defined_metadata.update({
+        "mnv4.variant": description.variant, "mnv4.version": description.mnv4_version,
+        "mnv4.preprocessing": json.dumps({"resolution": description.resolution, **p, **layout}),
+        **({"mnv4.classes": str(len(labels))} if labels else {}),
+        **({"mnv4.labels": json.dumps(labels)} if labels and not classifier else {})})
 
 
 def _program_dtype(precision: Precision) -> str:

@@ -50,13 +50,18 @@ class Runner(ABC):
         """Map an NCHW float32 batch to a (batch, classes) float32 array of logits."""
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(self.checked(batch))
+
+    def checked(self, batch: np.ndarray) -> np.ndarray:
+        """`batch` as `run` takes it, or refused: a contiguous NCHW float32 array of the artifact's input size (for an
+        image input, the pixels it came from)."""
         batch = np.asarray(batch)
         if batch.ndim != 4 or not len(batch) or (self.input_size and batch.shape[1:] != self.input_size):
             expected = ", ".join(map(str, self.input_size or ("C", "H", "W")))
             raise MNV4Error(f"{self.path.name or self.runtime} takes NCHW batches of shape (N, {expected}), not an "
                             f"array of shape {batch.shape}")
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        return self.run(pixels_of(batch, *self._normalisation()) if self.image_input else batch)
+        return pixels_of(batch, *self._normalisation()) if self.image_input else batch
 
     def _normalisation(self) -> tuple:
         if self.normalisation is None:

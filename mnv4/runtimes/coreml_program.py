@@ -98,10 +98,13 @@ def _tensor_shape(tensor_type) -> list[int | None]:
 
 
 def _decode_value(value, blobs: BlobFiles):
-    """A MIL Value (immediate or in the weight file) as a torch tensor, or a Python string."""
+    """A MIL Value (immediate or in the weight file) as a torch tensor, a Python string, or a list of those (a
+    classifier's class names)."""
     from coremltools.proto import MIL_pb2
 
     kind = value.type.WhichOneof("type")
+    if kind == "listType":
+        return [_decode_value(element, blobs) for element in value.immediateValue.list.values]
     if kind != "tensorType":
         raise MNV4Error(f"values of type {kind} are not supported by the Core ML interpreter")
     tensor_type = value.type.tensorType
@@ -264,9 +267,10 @@ class Program:
                                     f"failed: {error}") from None
                 results = results if isinstance(results, tuple) else (results,)
                 for output, result in zip(op.outputs, results):
-                    # Rounding each result to its declared type is what makes an fp16 program fp16.
-                    dtype = TORCH_DTYPES[MIL_pb2.DataType.Name(output.type.tensorType.dataType)]
-                    environment[output.name] = result.to(dtype)
+                    # Rounding each result to its declared type is what makes an fp16 program fp16. (classify's
+                    # label and dictionary are no tensors.)
+                    environment[output.name] = result.to(TORCH_DTYPES[MIL_pb2.DataType.Name(
+                        output.type.tensorType.dataType)]) if isinstance(result, torch.Tensor) else result
         return environment
 
 
@@ -424,6 +428,17 @@ def _linear(inputs: Inputs):
 @operation("softmax")
 def _softmax(inputs: Inputs):
     return torch.softmax(inputs["x"], dim=inputs.scalar("axis", -1))
+
+
+@operation("classify")
+def _classify(inputs: Inputs):
+    """A classifier's outputs (Core ML's predictedFeatureName and predictedProbabilitiesName): the name of the class
+    with the highest probability (the first of equals), and each class's probability by name, as float64 (the
+    dictionary's value type)."""
+    probabilities, classes = inputs["probabilities"].reshape(-1), inputs["classes"]
+    if len(classes) != probabilities.numel():
+        raise ValueError(f"{len(classes)} classes for {probabilities.numel()} probabilities")
+    return classes[int(torch.argmax(probabilities))], dict(zip(classes, probabilities.double().tolist()))
 
 
 @operation("batch_norm")
