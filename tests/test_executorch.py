@@ -10,7 +10,7 @@ import mnv4
 from mnv4.artifact.options import ArtifactOptions
 from mnv4.artifact.precisions import FLOAT16_ARITHMETIC, FP32
 from mnv4.export import executorch as executorch_export
-from mnv4.runtimes.executorch import DYNAMIC_BATCH_METHOD, ExecuTorchRunner
+from mnv4.runtimes.executorch import DYNAMIC_BATCH_METHOD, IMAGE_INPUT_METHOD, ExecuTorchRunner
 
 EDGE_CASTS = {"dim_order_ops._to_dim_order_copy.default": 2}  # float32 -> float16 in, float16 -> float32 out
 CONV_SMALL_OPS = 135  # conv_small's operators in an fp32 edge program
@@ -28,7 +28,11 @@ def test_fp32_runs_entirely_in_xnnpack(store):
     assert manifest["structure_check"]["inputs"] == [[1, 3, 64, 64]] == [manifest["input_shape"]]
     assert manifest["input_layout"] == "NCHW" and manifest["input_dtype"] == "float32"
     program = Runtime.get().load_program(artifact)
-    assert program.method_names == {"forward", DYNAMIC_BATCH_METHOD}
+    # forward, and the constant methods an app (and the runner) read: export/executorch.constant_methods
+    assert program.method_names == {"forward", DYNAMIC_BATCH_METHOD, IMAGE_INPUT_METHOD, "input_name", "input_layout",
+                                    "resolution", "mean", "std", "pixel_scale", "variant", "labels"}
+    assert program.load_method(IMAGE_INPUT_METHOD).execute([]) == [False]
+    assert program.load_method("input_name").execute([]) == ["pixels"]
     forward = program.load_method("forward")
     reference = seeded("conv_small")
     logits = np.concatenate([forward.execute([torch.from_numpy(image[None])])[0].numpy() for image in reference.inputs])

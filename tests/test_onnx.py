@@ -71,7 +71,7 @@ def test_the_file_tells_onnxruntime_its_classes_and_preprocessing(store):
     assert len(labels) == 1000 and labels[0].startswith("tench")
     assert json.loads(properties["preprocessing"]) == {"resolution": 64, "crop_pct": 0.875, "interpolation": "bicubic",
                                                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                                                       "layout": "NCHW", "scale": "0-1"}
+                                                       "layout": "NCHW", "scale": "0-1", "normalised_in_model": False}
     assert properties["variant"] == "conv_small" and properties["mnv4_version"] == mnv4.__version__
     fixture = onnxruntime.InferenceSession(str(store.get("onnx", fixture=True, precision="int8", dynamic_batch=True)))
     assert "labels" not in fixture.get_modelmeta().custom_metadata_map

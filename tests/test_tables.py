@@ -23,8 +23,9 @@ from mnv4.bench.plan import BenchOptions, plan
 from mnv4.bench.results import PRECISION_ORDER
 from mnv4.errors import MNV4Error, UnsupportedOptionError
 
-# A value that each option takes where it is taken.
-GIVEN = {"dynamic_batch": True, "nhwc": True, "image_input": True, "int8_io": True, "calibration": "photos",
+# A value that each option takes where it is taken (options every format takes are not here: --image-input's
+# refusals are its rules', tests/test_image_input.py).
+GIVEN = {"dynamic_batch": True, "nhwc": True, "int8_io": True, "calibration": "photos",
          "calibration_count": 8, "delegate": "vulkan", "compute_units": "all", "minimum_deployment_target": "iOS17",
          "target_platform": "amd64"}
 
