@@ -182,6 +182,30 @@ def run_lines(result) -> list[tuple[str, int, str]]:
             for line in result.stdout.strip().splitlines()]
 
 
+def test_image_input_artifacts_run_in_the_browser_on_their_pixels(store, astronaut, cli, tmp_path):
+    """An image-input ONNX and TFLite file (NHWC pixels 0 to 255, normalised inside) in ONNX Runtime Web and LiteRT.js:
+    the runner feeds them the reference's pixels, and the page gives a photo's pixels without mean and std, so that
+    it classifies as `mnv4 run` does."""
+    artifacts = [store.get(fmt, image_input=True) for fmt in ("onnx", "tflite")]
+    for artifact in artifacts:
+        with BrowserRunner(artifact, backend="wasm") as runner:
+            assert runner.image_input
+            parity = against_python(f"{artifact.name} image input", artifact, runner)
+        assert parity.rel_err < 1e-4 and parity.top1_agreement == 1
+    printed = {artifact: run_lines(cli("run", artifact, astronaut)) for artifact in artifacts}
+    (tmp_path / "io").mkdir()
+    shutil.copyfile(astronaut, tmp_path / "io" / "astronaut.png")
+    with serve(artifacts, io_dir=tmp_path / "io") as url:
+        driver = Driver(url, CHROMIUM_FLAGS, timeout=60)
+        try:
+            for artifact in artifacts:
+                driver.call("load", artifact.name, "wasm", 1, timeout=120)
+                top5 = driver.call("classify", "/io/astronaut.png", timeout=120)["top5"]
+                assert [row["index"] for row in top5] == [int(index) for _, index, _ in printed[artifact]]
+        finally:
+            driver.end()
+
+
 def test_the_page_preprocesses_and_classifies_as_mnv4_run(onnx_fp32, tflite_fp32, astronaut, cli, tmp_path):
     # First: `cli` captures (and drops) what the test printed before it.
     printed = {artifact: run_lines(cli("run", artifact, astronaut)) for artifact in (onnx_fp32, tflite_fp32)}
