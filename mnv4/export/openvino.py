@@ -52,6 +52,8 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path, options: A
     ir.inputs[0].get_tensor().set_names({input_name})
     ir.outputs[0].get_tensor().set_names({OUTPUT_NAME})
     batch = -1 if options.dynamic_batch else example.shape[0]
+    # The converter leaves every axis of an image input's program free; all but a dynamic batch are the example's.
+    ir.reshape({0: ov.PartialShape([batch, *example.shape[1:]])})
     precision = options.precision_row
     quantization = None
     if precision is INT8:
