@@ -104,6 +104,8 @@ RUNTIMES: dict[str, Runtime] = {row.name: row for row in (
     Runtime("executorch", "ExecuTorch", "executorch:ExecuTorchRunner"),
     # Core ML's own predict on macOS, its ML program interpreted elsewhere (runtimes/coreml.py)
     Runtime("coreml", "Core ML", "coreml:CoreMLRunner"),
+    # float32 arithmetic asked for: on a CPU with bf16 the plugin would compute float32 IRs in bfloat16
+    Runtime("openvino", "OpenVINO (CPU)", "openvino:OpenVinoRunner"),
 )}
 
 
@@ -123,6 +125,8 @@ class Format:
     # Files its exporter writes beside the artifact, as (what the manifest calls one, the suffix that replaces the
     # artifact's): published, recorded (name and sha256) and removed with it.
     companions: tuple[tuple[str, str], ...] = ()
+    # Those of its companions that its runtime reads with the artifact (weights): counted in the artifact's size.
+    loaded_companions: tuple[str, ...] = ()
 
     @property
     def exporter(self) -> str:
@@ -168,6 +172,9 @@ FORMATS: dict[str, Format] = {row.name: row for row in (
     # operators a minimal onnxruntime build must include, named as the tool names it for one model.
     Format("ort", "ORT", ".ort", "onnx", ("onnxruntime",), "#17becf", precisions=(FP32.name, INT8.name),
            companions=(("required_operators", ".required_operators.config"),)),
+    # OpenVINO IR: the .xml graph, whose weights OpenVINO reads from the .bin of the same name beside it.
+    Format("openvino", "OpenVINO", ".xml", "openvino", ("openvino",), "#e377c2", companions=(("weights", ".bin"),),
+           loaded_companions=("weights",)),
 )}
 # PyTorch itself, measured beside the artifacts by the bench: a reference, not an artifact format.
 TORCH = "torch"

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..data import INTERPOLATIONS, Preprocessing
 from ..errors import MNV4Error
 from . import schema
-from .files import manifest_path, read_json, sha256, write_json_atomically
+from .files import companion_paths, manifest_path, read_json, sha256, write_json_atomically
 from .formats import FORMATS
 from .options import MAX_BATCH, MAX_CLASSES, MAX_RESOLUTION, MIN_RESOLUTION
 from .parity import DYNAMIC_VERIFY_BATCHES
@@ -204,6 +204,20 @@ def read_manifest(artifact: str | Path, allow_modified: bool = False) -> Manifes
     return manifest
 
 
+def _changed_companions(artifact: str | Path, manifest: Manifest) -> list[str]:
+    """How the files its export wrote beside the artifact (OpenVINO's weights) differ from the manifest's record."""
+    changes = []
+    beside = companion_paths(artifact)
+    for name, record in (manifest.companions or {}).items():
+        path = beside.get(name)
+        if path is None or not path.is_file():
+            changes.append(f"{artifact} has no {name} file beside it (expected {path or record['file']})")
+        elif sha256(path) != record["sha256"]:
+            changes.append(f"{path} is not the {name} file its manifest describes (sha256 differs): it changed after "
+                           f"export")
+    return changes
+
+
 def unchanged(artifact: str | Path, manifest: Manifest, allow_modified: bool = False) -> list[str]:
     """Refuse an artifact or a manifest that differs from what its export wrote (the artifact's sha256 covers every
     file its runtime reads), unless `allow_modified`; then the differences, for warnings."""
@@ -211,6 +225,7 @@ def unchanged(artifact: str | Path, manifest: Manifest, allow_modified: bool = F
     if sha256(artifact) != manifest.sha256:
         changes.append(f"{artifact} is not the artifact its manifest describes (sha256 differs): it changed after "
                        f"export")
+    changes += _changed_companions(artifact, manifest)
     if changes and not allow_modified:
         raise MNV4Error(f"{changes[0]}; {CHANGED}")
     return changes

@@ -120,7 +120,8 @@ OPTIONS: dict[str, Option] = {row.name: row for row in (
     # batch gives wrong logits or corrupts the heap (its float32 twin resizes fine).
     Option("dynamic_batch", "Leave the batch axis free.",
            takers=(Taker("onnx"), Taker("ort"), Taker("tflite"),
-                   Taker("executorch", ("xnnpack",), (FP32.name, FP16.name)), Taker("coreml")),
+                   Taker("executorch", ("xnnpack",), (FP32.name, FP16.name)), Taker("coreml"),
+                   Taker("openvino")),
            note="export a fixed --batch (ExecuTorch's XNNPACK int8 computes wrong logits when the batch grows; its "
                 "other delegates plan one batch)"),
     Option("nhwc", "Channels-last (NHWC) input, as camera frames and TFLite kernels lay it out.",

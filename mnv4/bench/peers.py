@@ -40,6 +40,14 @@ def _ort(model, example, path: Path) -> None:
         shutil.move(convert(source, Path(scratch), None)[0], path)
 
 
+def _openvino(model, example, path: Path) -> None:
+    # timm's module through OpenVINO's converter with its example (tracing); float32 weights (save_model's default
+    # would store float16 ones), as the float32 peer is measured. The .bin goes beside `path`.
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(model, example_input=example), str(path), compress_to_fp16=False)
+
+
 def _tflite(model, example, path: Path) -> None:
     import litert_torch
 
@@ -63,7 +71,8 @@ def _coreml(model, example, path: Path) -> None:
                skip_model_load=True).save(str(path))
 
 
-PEER_EXPORTERS = {"onnx": _onnx, "tflite": _tflite, "executorch": _executorch, "coreml": _coreml, "ort": _ort}
+PEER_EXPORTERS = {"onnx": _onnx, "tflite": _tflite, "executorch": _executorch, "coreml": _coreml, "ort": _ort,
+                  "openvino": _openvino}
 # A format added to the table needs its timm exporter here too: say so on import, not halfway through a bench.
 if PEER_EXPORTERS.keys() != FORMATS.keys():
     raise MNV4Error(f"timm peer exporters ({', '.join(PEER_EXPORTERS)}) do not match the formats "

@@ -34,7 +34,7 @@ def export_command(
     verbose: Verbose = False,
     **options,
 ):
-    """Export a variant to ONNX, ORT, TFLite, ExecuTorch or Core ML and prove it computes what PyTorch does."""
+    """Export a variant to ONNX, ORT, TFLite, ExecuTorch, Core ML or OpenVINO and prove it computes what PyTorch does."""
     require_torch("`mnv4 export`")
     from ..export.pipeline import check_request
 
