@@ -20,7 +20,7 @@ from pathlib import Path
 from ..data import INTERPOLATIONS, Preprocessing
 from ..errors import MNV4Error
 from . import schema
-from .files import manifest_path, read_json, sha256, write_json_atomically
+from .files import companion_paths, manifest_path, read_json, sha256, write_json_atomically
 from .formats import FORMATS
 from .options import MAX_BATCH, MAX_CLASSES, MAX_RESOLUTION, MIN_RESOLUTION
 from .parity import DYNAMIC_VERIFY_BATCHES
@@ -204,6 +204,22 @@ def read_manifest(artifact: str | Path, allow_modified: bool = False) -> Manifes
     return manifest
 
 
+def _changed_companions(artifact: Path, manifest: Manifest) -> list[str]:
+    """How the files its exporter wrote beside the artifact (named by its format, not by the manifest) differ from
+    the manifest's record of them: ncnn's weights are one, which its runtime reads."""
+    changes = []
+    for name, path in companion_paths(artifact).items():
+        record = (manifest.companions or {}).get(name)
+        if record is None:
+            changes.append(f"the manifest has no record of {path.name} ({name}), which its export writes")
+        elif not path.is_file():
+            changes.append(f"{path} ({name}), written beside {artifact.name} by its export, is not there")
+        elif sha256(path) != record["sha256"]:
+            changes.append(f"{path} ({name}) is not the file the manifest describes (sha256 differs): it changed "
+                           f"after export")
+    return changes
+
+
 def unchanged(artifact: str | Path, manifest: Manifest, allow_modified: bool = False) -> list[str]:
     """Refuse an artifact or a manifest that differs from what its export wrote (the artifact's sha256 covers every
     file its runtime reads), unless `allow_modified`; then the differences, for warnings."""
@@ -211,6 +227,7 @@ def unchanged(artifact: str | Path, manifest: Manifest, allow_modified: bool = F
     if sha256(artifact) != manifest.sha256:
         changes.append(f"{artifact} is not the artifact its manifest describes (sha256 differs): it changed after "
                        f"export")
+    changes += _changed_companions(Path(artifact), manifest)
     if changes and not allow_modified:
         raise MNV4Error(f"{changes[0]}; {CHANGED}")
     return changes
