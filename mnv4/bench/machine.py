@@ -12,7 +12,7 @@ from ..cpu import ISA_FLAGS, cpuinfo
 from ..extras import torch_installed
 
 LIBRARIES = ("mnv4", "torch", "numpy", "onnx", "onnxruntime", "onnxscript", "litert-torch", "ai-edge-litert",
-             "executorch", "coremltools", "timm")
+             "executorch", "coremltools", "pnnx", "ncnn", "timm")
 
 
 def _memory_gb() -> float | None:
