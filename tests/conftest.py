@@ -26,6 +26,7 @@ digits fixture (fixture=True), whose verification includes its held-out accuracy
                 compute_units="cpu_and_ne", minimum_deployment_target="iOS16" | fixture, precision="int8",
                 labels=DIGIT_NAMES | fixture, precision="int8-weights"
     ort         (fp32) | fixture, precision="int8"
+    ncnn        (fp32) | fixture, precision="fp16"
 """
 from __future__ import annotations
 
@@ -214,8 +215,9 @@ def pytest_sessionstart(session):
 
 
 def copy_artifact(source: Path, folder: Path, reference: bool = True, name: str | None = None) -> Path:
-    """A copy of a stored artifact with its manifest (and its stored reference), to change without harm; under `name`
-    where given (its manifest and reference named after it)."""
+    """A copy of a stored artifact with its manifest, the files its export wrote beside it (and its stored reference),
+    to change without harm; under `name` where given (its manifest, companions and reference named after it)."""
+    from mnv4.artifact.files import companion_paths
     from mnv4.artifact.manifest import manifest_path
     from mnv4.artifact.reference import reference_path
 
@@ -223,6 +225,8 @@ def copy_artifact(source: Path, folder: Path, reference: bool = True, name: str 
     target = folder / (name or source.name)
     (shutil.copytree if source.is_dir() else shutil.copyfile)(source, target)
     shutil.copyfile(manifest_path(source), manifest_path(target))
+    for companion, path in companion_paths(source).items():
+        shutil.copyfile(path, companion_paths(target)[companion])
     if reference and reference_path(source).exists():
         shutil.copyfile(reference_path(source), reference_path(target))
     return target
