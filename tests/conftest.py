@@ -27,6 +27,7 @@ digits fixture (fixture=True), whose verification includes its held-out accuracy
                 labels=DIGIT_NAMES | fixture, precision="int8-weights"
     ort         (fp32) | fixture, precision="int8"
     openvino    (fp32) | fixture, precision="int8"
+    ncnn        (fp32) | fixture, precision="fp16"
 """
 from __future__ import annotations
 

@@ -33,9 +33,11 @@ def sha256(path: str | Path) -> str:
 
 
 def artifact_bytes(path: str | Path) -> int:
-    """Size on disk of a file, or of all the files of a directory artifact."""
+    """Size on disk of a file, or of all the files of a directory artifact, with the files its export wrote beside
+    it (ncnn's weights are most of its bytes)."""
     path = Path(path)
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    own = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    return own + sum(p.stat().st_size for p in companion_paths(path).values() if p.is_file())
 
 
 def remove_artifact(path: str | Path) -> None:

@@ -106,6 +106,11 @@ RUNTIMES: dict[str, Runtime] = {row.name: row for row in (
     Runtime("coreml", "Core ML", "coreml:CoreMLRunner"),
     # float32 arithmetic asked for: on a CPU with bf16 the plugin would compute float32 IRs in bfloat16
     Runtime("openvino", "OpenVINO (CPU)", "openvino:OpenVinoRunner"),
+    Runtime("ncnn", "ncnn", "ncnn:NcnnRunner"),
+    # float16 storage and arithmetic, ncnn's default on a Vulkan GPU that has them, as phones run it
+    Runtime("ncnn-vulkan", "ncnn Vulkan", "ncnn:NcnnVulkanRunner", device="gpu", emulated=True),
+    Runtime("ncnn-vulkan-fp32", "ncnn Vulkan (float32)", "ncnn:NcnnVulkanRunner", (("fp16", False),), device="gpu",
+            emulated=True),
 )}
 
 
@@ -122,11 +127,11 @@ class Format:
     # --image-input is an image type of the format's own (Core ML's ImageType, a CVPixelBuffer on device), not NHWC
     # pixels normalised in the graph
     image_type: bool = False
+    # Its runtime's input holds one image (ncnn's Mat has no batch axis): fixed batch 1 artifacts only.
+    one_image: bool = False
     # Files its exporter writes beside the artifact, as (what the manifest calls one, the suffix that replaces the
     # artifact's): published, recorded (name and sha256) and removed with it.
     companions: tuple[tuple[str, str], ...] = ()
-    # Those of its companions that its runtime reads with the artifact (weights): counted in the artifact's size.
-    loaded_companions: tuple[str, ...] = ()
 
     @property
     def exporter(self) -> str:
@@ -173,8 +178,11 @@ FORMATS: dict[str, Format] = {row.name: row for row in (
     Format("ort", "ORT", ".ort", "onnx", ("onnxruntime",), "#17becf", precisions=(FP32.name, INT8.name),
            companions=(("required_operators", ".required_operators.config"),)),
     # OpenVINO IR: the .xml graph, whose weights OpenVINO reads from the .bin of the same name beside it.
-    Format("openvino", "OpenVINO", ".xml", "openvino", ("openvino",), "#e377c2", companions=(("weights", ".bin"),),
-           loaded_companions=("weights",)),
+    Format("openvino", "OpenVINO", ".xml", "openvino", ("openvino",), "#e377c2", companions=(("weights", ".bin"),)),
+    # Tencent's ncnn: the graph in the .param, the weights in the .bin beside it (export/ncnn.py). No int8: ncnn's
+    # quantization tools are in no wheel.
+    Format("ncnn", "ncnn", ".param", "ncnn", ("ncnn", "ncnn-vulkan", "ncnn-vulkan-fp32"), "#bcbd22",
+           precisions=(FP32.name, FP16.name), one_image=True, companions=(("weights", ".bin"),)),
 )}
 # PyTorch itself, measured beside the artifacts by the bench: a reference, not an artifact format.
 TORCH = "torch"

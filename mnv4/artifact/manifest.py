@@ -204,17 +204,19 @@ def read_manifest(artifact: str | Path, allow_modified: bool = False) -> Manifes
     return manifest
 
 
-def _changed_companions(artifact: str | Path, manifest: Manifest) -> list[str]:
-    """How the files its export wrote beside the artifact (OpenVINO's weights) differ from the manifest's record."""
+def _changed_companions(artifact: Path, manifest: Manifest) -> list[str]:
+    """How the files its exporter wrote beside the artifact (named by its format, not by the manifest) differ from
+    the manifest's record of them: ncnn's weights are one, which its runtime reads."""
     changes = []
-    beside = companion_paths(artifact)
-    for name, record in (manifest.companions or {}).items():
-        path = beside.get(name)
-        if path is None or not path.is_file():
-            changes.append(f"{artifact} has no {name} file beside it (expected {path or record['file']})")
+    for name, path in companion_paths(artifact).items():
+        record = (manifest.companions or {}).get(name)
+        if record is None:
+            changes.append(f"the manifest has no record of {path.name} ({name}), which its export writes")
+        elif not path.is_file():
+            changes.append(f"{path} ({name}), written beside {artifact.name} by its export, is not there")
         elif sha256(path) != record["sha256"]:
-            changes.append(f"{path} is not the {name} file its manifest describes (sha256 differs): it changed after "
-                           f"export")
+            changes.append(f"{path} ({name}) is not the file the manifest describes (sha256 differs): it changed "
+                           f"after export")
     return changes
 
 
@@ -225,7 +227,7 @@ def unchanged(artifact: str | Path, manifest: Manifest, allow_modified: bool = F
     if sha256(artifact) != manifest.sha256:
         changes.append(f"{artifact} is not the artifact its manifest describes (sha256 differs): it changed after "
                        f"export")
-    changes += _changed_companions(artifact, manifest)
+    changes += _changed_companions(Path(artifact), manifest)
     if changes and not allow_modified:
         raise MNV4Error(f"{changes[0]}; {CHANGED}")
     return changes

@@ -212,6 +212,9 @@ def check(fmt: str, request: ExportRequest) -> None:
         raise UnsupportedOptionError(f"{where} supports precision {listed(supported, 'or')}, not {precision!r}")
     for option in OPTIONS.values():
         option.check_taken(getattr(request, option.name), fmt, delegate, precision)
+    if row.one_image and request.batch != 1:
+        raise UnsupportedOptionError(f"{row.label} runs one image at a time (its input has no batch axis): export "
+                                     f"--batch 1, not {request.batch}")
     for name in request.runtime or ():
         row.runtime_named(name)
     for rule in _RULES:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifact.files import claimed, manifest_path, writable_folder, write_json_atomically
+from ..artifact.files import claimed, companion_paths, manifest_path, writable_folder, write_json_atomically
 from ..artifact.formats import FORMATS
 from ..artifact.precisions import FLOAT16_ARITHMETIC, FP16
 from ..cache import cache_root
@@ -199,8 +199,10 @@ def _run_in_root(target, architecture: str, artifacts: list[Found], cpu: str, ca
 
 
 def companions(artifact: Path) -> list[Path]:
-    """The artifact and the files named after it: its manifest, its stored reference, an ONNX file's external data."""
-    return [artifact, *sorted(p for p in artifact.parent.glob(f"{artifact.name}.*") if p.is_file())]
+    """The artifact and the files named after it: its manifest, its stored reference, an ONNX file's external data,
+    the files its export wrote beside it (ncnn's weights)."""
+    beside = [p for p in companion_paths(artifact).values() if p.is_file()]
+    return [artifact, *sorted(p for p in artifact.parent.glob(f"{artifact.name}.*") if p.is_file()), *beside]
 
 
 @contextmanager

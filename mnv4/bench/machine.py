@@ -12,7 +12,7 @@ from ..cpu import ISA_FLAGS, cpuinfo
 from ..extras import torch_installed
 
 LIBRARIES = ("mnv4", "torch", "numpy", "onnx", "onnxruntime", "onnxscript", "litert-torch", "ai-edge-litert",
-             "executorch", "coremltools", "openvino", "nncf", "timm")
+             "executorch", "coremltools", "openvino", "nncf", "pnnx", "ncnn", "timm")
 
 
 def _memory_gb() -> float | None:

@@ -71,8 +71,20 @@ def _coreml(model, example, path: Path) -> None:
                skip_model_load=True).save(str(path))
 
 
+def _ncnn(model, example, path: Path) -> None:
+    # pnnx as its wrapper's pnnx.export converts, float32 weights (its default stores float16) so that it compares
+    # with mnv4's fp32; only the .param and its .bin are kept, under pnnx's own blob names.
+    from ..artifact.files import companion_paths
+    from ..export.ncnn import convert
+
+    with tempfile.TemporaryDirectory(prefix="mnv4-peer-ncnn-") as scratch:
+        param, weights = convert(model, example, Path(scratch), fp16=False)
+        shutil.move(weights, companion_paths(path)["weights"])
+        shutil.move(param, path)
+
+
 PEER_EXPORTERS = {"onnx": _onnx, "tflite": _tflite, "executorch": _executorch, "coreml": _coreml, "ort": _ort,
-                  "openvino": _openvino}
+                  "openvino": _openvino, "ncnn": _ncnn}
 # A format added to the table needs its timm exporter here too: say so on import, not halfway through a bench.
 if PEER_EXPORTERS.keys() != FORMATS.keys():
     raise MNV4Error(f"timm peer exporters ({', '.join(PEER_EXPORTERS)}) do not match the formats "

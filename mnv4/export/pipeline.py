@@ -123,7 +123,7 @@ def export(fmt: str, request: ExportRequest, output: Path | None = None, force: 
         facts, seconds = _write(fmt, model, request, preprocessing, calibration, partial, step, description)
         verification, reference = _verify(fmt, request, model, preprocessing, facts, partial, step)
         manifest = Manifest(
-            format=fmt, artifact=output.name, sha256=sha256(partial), bytes=_bytes(fmt, partial),
+            format=fmt, artifact=output.name, sha256=sha256(partial), bytes=artifact_bytes(partial),
             variant=request.variant, resolution=preprocessing.resolution,
             batch=DYNAMIC if request.dynamic_batch else request.batch, precision=request.precision,
             num_classes=model.num_classes, labels=labels, calibration=calibration.record() if calibration else None,
@@ -224,12 +224,6 @@ def _companions(partial: Path, output: Path) -> dict | None:
     written = companion_paths(partial)
     return {name: {"file": path.name, "sha256": sha256(written[name])}
             for name, path in companion_paths(output).items()} or None
-
-
-def _bytes(fmt: str, partial: Path) -> int:
-    """The artifact's size, with the companions its runtime reads (OpenVINO's .bin of weights)."""
-    companions = companion_paths(partial)
-    return artifact_bytes(partial) + sum(artifact_bytes(companions[name]) for name in FORMATS[fmt].loaded_companions)
 
 
 def _size(model, preprocessing) -> dict:
