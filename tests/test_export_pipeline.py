@@ -65,7 +65,8 @@ def test_verify_passes_then_fails_with_exit_1_when_the_reference_changes(artifac
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (("--format", "pdf"), ("unknown format 'pdf' (choose one of: onnx, tflite, executorch, coreml, ort, all)",)),
+    (("--format", "pdf"),
+     ("unknown format 'pdf' (choose one of: onnx, tflite, executorch, coreml, ort, openvino, ncnn, all)",)),
     (("--format", "onxx"), ("unknown format 'onxx'; did you mean 'onnx'?",)),
     (("--format", "onnx", "--variant", "conv_xs"), ("unknown variant 'conv_xs'",)),
     (("--format", "onnx", "--nhwc"), ("--nhwc is for tflite and executorch, not onnx",)),  # each option: test_tables

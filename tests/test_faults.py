@@ -24,7 +24,8 @@ from mnv4.artifact.manifest import manifest_path
 from mnv4.data import load_image
 
 # The stored artifact of each format that these tests damage (copies of) and run.
-REQUESTS = {"onnx": {"dynamic_batch": True}, "tflite": {}, "executorch": {}, "coreml": {}, "ort": {}}
+REQUESTS = {"onnx": {"dynamic_batch": True}, "tflite": {}, "executorch": {}, "coreml": {}, "ort": {}, "openvino": {},
+            "ncnn": {}}
 
 
 @pytest.fixture(scope="module")

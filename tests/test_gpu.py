@@ -90,7 +90,7 @@ def test_a_runtime_of_another_format_or_an_unknown_one_is_refused(store, cli):
     assert_one_line_error(cli("verify", store.get("tflite"), "--runtime", "litert-gpu", "--xnnpack-fp16"),
                           "--xnnpack-fp16 is not an option", "litert-gpu")
     assert_one_line_error(cli("export", "--format", "executorch", "--runtime", "litert-gpu"),
-                          "--runtime is for onnx and tflite")
+                          "--runtime is for onnx, tflite and ncnn, not executorch")
     assert_one_line_error(cli("export", "--format", "onnx", "--runtime", "litert-gpu"),
                           "runtime litert-gpu does not run ONNX artifacts")
     assert_one_line_error(cli("bench", "--formats", "onnx,torch", "--runtimes", "cpu,litert-gpu"),

@@ -52,9 +52,9 @@ def test_altered_or_missing_weights_are_refused(artifacts, tmp_path, cli):
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
-    assert_one_line_error(cli("verify", copy), f"{weights} is not the weights file its manifest describes")
+    assert_one_line_error(cli("verify", copy), f"{weights} (weights) is not the file the manifest describes")
     weights.unlink()
-    assert_one_line_error(cli("verify", copy), "has no weights file beside it")
+    assert_one_line_error(cli("verify", copy), f"{weights} (weights), written beside {copy.name} by its export, is not there")
 
 
 def test_rt_info_describes_the_model_for_apps(artifacts):
