@@ -229,7 +229,8 @@ def test_the_headline_comes_first_with_the_fastest_row_per_format_and_the_verdic
         < md.index("## Machines")
     linux_headline, mac_headline = md.split("## How to read this report")[0].split("### ")[1:]
     assert linux_headline.startswith("linux-epyc: conv_small at 224 px") and mac_headline.startswith("mac-m3: conv_small")
-    assert [line for line in linux_headline.splitlines() if line.startswith("| ")][1:] == [
+    fastest_table = linux_headline.split("| device | threads | precision |")[0]
+    assert [line for line in fastest_table.splitlines() if line.startswith("| ")][1:] == [
         "| onnx | cpu | onnxruntime | fp32 | 2 | 1 | 2.50 | 400 | 2.00× | 0.97× |",
         "| torch | cpu | torch-eager | fp32 | 2 | 1 | 5.00 | 200 | 1.00× | — |",
         "| torch | cuda | torch-cuda-graphs | fp16 | — | 64 | 2.95 | 21695 | — | 0.90× |"]
@@ -244,6 +245,28 @@ def test_the_headline_comes_first_with_the_fastest_row_per_format_and_the_verdic
     page = render_html([linux, mac])
     assert page.index("<h2>Headline</h2>") < page.index("<h2>How to read this report</h2>")
     assert '<td class="num">2.00×</td>' in page and "Parity: 10 of 11 compared rows pass; failing:" in page
+
+
+def test_the_headline_names_the_fastest_row_of_each_precision_and_the_int8_speed_ups(linux):
+    def int8(fmt, runtime, median, speedup, threads=1, **kwargs):
+        return {**row(fmt, runtime, median, precision="int8", threads=threads, parity=parity(8e-3, 0.999, "int8"),
+                      **kwargs), "speedup_vs_fp32": speedup}
+
+    linux["rows"] += [
+        int8("onnx", "onnxruntime", 2.06, 2.0), int8("onnx", "onnxruntime", 1.5, 1.8, threads=2),
+        int8("tflite", "litert", 3.0, 1.5),
+        # Neither is the fastest int8 row, nor in the speed-ups: one breaches parity, one ran on a software device.
+        int8("executorch", "executorch", 1.0, 4.0, status=Status.PARITY_FAILED, reason="relative error 0.9 > 0.05"),
+        {**int8("tflite", "litert-gpu", 0.5, 8.0), "emulated": True}]
+    headline = render_markdown([linux]).split("## How to read this report")[0]
+    table = headline.split("| device | threads | precision | format | runtime | batch | median ms | img/s | vs own fp32 |")[1]
+    assert [line for line in table.splitlines() if line.startswith("| ")] == [
+        "| cpu | 1 | fp32 | onnx | onnxruntime | 1 | 4.12 | 243 | — |",
+        "| cpu | 1 | int8 | onnx | onnxruntime | 1 | 2.06 | 485 | 2.00× |",
+        "| cpu | 2 | int8 | onnx | onnxruntime | 1 | 1.50 | 667 | 1.80× |",
+        "| cuda | — | fp16 | torch | torch-cuda-graphs | 64 | 2.95 | 21695 | — |"]
+    assert "int8 over fp32 (same format, runtime, threads and batch; above 1: faster): onnxruntime 1.80× to 2.00×; " \
+           "litert 1.50×." in headline
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,15 +4,17 @@ same blocks as Markdown and as HTML."""
 from __future__ import annotations
 
 from ...artifact.formats import TORCH
-from ...artifact.precisions import FP32
+from ...artifact.precisions import FP32, INT8
 from ..plan import TORCH_RUNTIMES
-from ..results import describe_row, machine_labels, summary_rows
+from ..results import DEVICE_ORDER, PRECISION_ORDER, describe_row, machine_labels, summary_rows
 from .plots import ZERO_ERROR, cuda_sweeps, latency_figure, parity_figure, smallest_batch, throughput_figure
 from .text import agreement, fixed, percent, scientific, significant, text, times
 
 HEADLINE = ("Per machine, the fastest mnv4 row of each format and device (most images per second) among the rows "
             "timed within parity; “vs torch eager fp32” = PyTorch eager fp32's median at the same device, threads and "
-            "batch / this median (above 1: faster than PyTorch). Then the parity verdicts and ours/timm.")
+            "batch / this median (above 1: faster than PyTorch). Then the fastest mnv4 row of each precision per device and "
+            "thread count, with “vs own fp32” = the same format and runtime's fp32 median / this median, the int8 "
+            "speed-ups over fp32 per runtime, the parity verdicts and ours/timm.")
 
 EMULATED_NOTE = ("Rows marked (emulated) ran on a software device here (a GPU emulated by Mesa's lavapipe or SwiftShader, "
                  "or headless Chromium): their numbers are the real kernels', their latency is not representative of "
@@ -93,8 +95,10 @@ def _headline(rows_by_model: dict[tuple, list[dict]]) -> list[tuple]:
 
 def _machine_headline(rows: list[dict]) -> list[tuple]:
     ours = [row for row in rows if row["source"] == "mnv4"]
-    fastest = _fastest_per_format(ours)
+    fastest = _fastest(ours, ("device", "format"))
     blocks = [_fastest_table(fastest, ours) if fastest else ("paragraph", "No mnv4 row is timed within parity.")]
+    if fastest:
+        blocks += [_precision_table(ours), *_int8_speedups(ours)]
     not_timed = {}
     for row in ours:
         if (row["device"], row["format"]) not in fastest and not row.get("emulated"):
@@ -106,17 +110,21 @@ def _machine_headline(rows: list[dict]) -> list[tuple]:
     blocks += _emulated_verdicts(ours)
     ratios = [row["ratio_vs_timm"] for row in rows if row["ratio_vs_timm"] is not None]
     if ratios:
-        spread = times(ratios[0]) if len(ratios) == 1 else f"{times(min(ratios))} to {times(max(ratios))}"
-        blocks.append(("paragraph", f"ours/timm: {spread} over {len(ratios)} configuration(s) (below 1: ours is faster)."))
+        blocks.append(("paragraph", f"ours/timm: {_spread(ratios)} over {len(ratios)} configuration(s) (below 1: ours "
+                                    "is faster)."))
     return blocks
 
 
-def _fastest_per_format(rows: list[dict]) -> dict[tuple, dict]:
-    """(device, format) -> its ok row with the least time per image (not per call, so that a larger batch counts
-    by the images it serves), in report order."""
+def _spread(values: list[float]) -> str:
+    return times(values[0]) if len(values) == 1 else f"{times(min(values))} to {times(max(values))}"
+
+
+def _fastest(rows: list[dict], fields: tuple[str, ...]) -> dict[tuple, dict]:
+    """The values of `fields` -> their ok row with the least time per image (not per call, so that a larger batch
+    counts by the images it serves), in report order; emulated rows never, their speed is no device's."""
     fastest = {}
     for row in rows:
-        key = (row["device"], row["format"])
+        key = tuple(row[field] for field in fields)
         if row["status"] == "ok" and not row.get("emulated") and \
                 (key not in fastest or _ms_per_image(row) < _ms_per_image(fastest[key])):
             fastest[key] = row
@@ -152,6 +160,37 @@ def _fastest_table(fastest: dict[tuple, dict], rows: list[dict]) -> tuple:
                       str(row["batch"]), significant(median), significant(row["throughput_ips"]),
                       times(eager / median if eager else None), times(row["ratio_vs_timm"])])
     return ("table", HEADLINE_COLUMNS, cells)
+
+
+PRECISION_COLUMNS = [("device", False), ("threads", True), ("precision", False), ("format", False), ("runtime", False),
+                     ("batch", True), ("median ms", True), ("img/s", True), ("vs own fp32", True)]
+
+
+def _precision_table(rows: list[dict]) -> tuple:
+    """The fastest row of each precision per device and thread count: which runtime to ship at each precision."""
+    def rank(value, order):
+        return order.index(value) if value in order else len(order)
+
+    fastest = _fastest(rows, ("device", "threads", "precision"))
+    ordered = sorted(fastest.items(), key=lambda item: (rank(item[0][0], DEVICE_ORDER), item[0][1] or 0,
+                                                          rank(item[0][2], PRECISION_ORDER)))
+    cells = [[row["device"], text(row["threads"]), row["precision"], row["format"], row["runtime"], str(row["batch"]),
+              significant(row["latency_ms"]["median"]), significant(row["throughput_ips"]),
+              times(row.get("speedup_vs_fp32"))] for _, row in ordered]
+    return ("table", PRECISION_COLUMNS, cells)
+
+
+def _int8_speedups(rows: list[dict]) -> list[tuple]:
+    """Each runtime's int8 speed-ups over its own fp32 (rows within parity): what static quantisation buys there."""
+    speedups = {}
+    for row in rows:
+        if row["precision"] == INT8.name and row["status"] == "ok" and not row.get("emulated") \
+                and row.get("speedup_vs_fp32") is not None:
+            speedups.setdefault(row["runtime"], []).append(row["speedup_vs_fp32"])
+    if not speedups:
+        return []
+    return [("paragraph", "int8 over fp32 (same format, runtime, threads and batch; above 1: faster): "
+             + "; ".join(f"{runtime} {_spread(values)}" for runtime, values in speedups.items()) + ".")]
 
 
 def _parity_verdict(rows: list[dict]) -> str:
