@@ -6,7 +6,16 @@ from __future__ import annotations
 from ...artifact.formats import TORCH
 from ...artifact.precisions import FP32, INT8
 from ..plan import TORCH_RUNTIMES
-from ..results import DEVICE_ORDER, PRECISION_ORDER, describe_row, machine_labels, summary_rows
+from ..results import (
+    DEVICE_ORDER,
+    LATENCY_PROTOCOLS,
+    LATENCY_STATISTICS,
+    PRECISION_ORDER,
+    describe_row,
+    latency_protocol,
+    machine_labels,
+    summary_rows,
+)
 from .plots import ZERO_ERROR, cuda_sweeps, latency_figure, parity_figure, smallest_batch, throughput_figure
 from .text import agreement, fixed, percent, scientific, significant, text, times
 
@@ -48,7 +57,11 @@ def title(results_list: list[dict]) -> str:
 
 def document(results_list: list[dict]) -> list[tuple]:
     labels = machine_labels(results_list)
-    rows = summary_rows(results_list)
+    protocol = latency_protocol(results_list)
+    statistic = LATENCY_STATISTICS[protocol]
+    # "ms": the latency every table and the headline read, the --latency protocol's statistic.
+    rows = [{**row, "ms": row["latency_ms"][statistic] if row["latency_ms"] else None}
+            for row in summary_rows(results_list)]
     several_machines = len(set(labels)) > 1
     machines = ", ".join(dict.fromkeys(labels))
     models = {}
@@ -59,7 +72,7 @@ def document(results_list: list[dict]) -> list[tuple]:
         ("heading", 1, title(results_list)),
         ("paragraph", f"{len(results_list)} results file(s) from {machines}."),
         *_emulation_notes(results_list, labels),
-        *_headline(rows_by_model),
+        *_headline(rows_by_model, protocol),
         ("heading", 2, "How to read this report"),
         *[("paragraph", paragraph) for paragraph in HOW_TO_READ],
         ("heading", 2, "Machines"),
@@ -70,7 +83,7 @@ def document(results_list: list[dict]) -> list[tuple]:
         blocks.append(("heading", 3, f"{label}: {results['model']['variant']}, created {results['created']}"))
         blocks.append(("code", _run_text(results["options"])))
     for key, model in models.items():
-        blocks += _model_section(model, rows_by_model[key], several_machines)
+        blocks += _model_section(model, rows_by_model[key], several_machines, protocol)
     return blocks
 
 
@@ -83,8 +96,9 @@ HEADLINE_COLUMNS = [("format", False), ("device", False), ("runtime", False), ("
                     ("ours/timm", True)]
 
 
-def _headline(rows_by_model: dict[tuple, list[dict]]) -> list[tuple]:
-    blocks = [("heading", 2, "Headline"), ("paragraph", HEADLINE)]
+def _headline(rows_by_model: dict[tuple, list[dict]], protocol: str) -> list[tuple]:
+    blocks = [("heading", 2, "Headline"), ("paragraph", HEADLINE),
+              ("paragraph", f"Latency protocol: {LATENCY_PROTOCOLS[protocol]}.")]
     for (variant, resolution), rows in rows_by_model.items():
         for machine in dict.fromkeys(row["machine"] for row in rows):
             # Machine first: a heading starting with the variant would read as that variant's own section.
@@ -145,17 +159,17 @@ def _emulated_verdicts(rows: list[dict]) -> list[tuple]:
 
 
 def _ms_per_image(row: dict) -> float:
-    return row["latency_ms"]["median"] / row["batch"]
+    return row["ms"] / row["batch"]
 
 
 def _fastest_table(fastest: dict[tuple, dict], rows: list[dict]) -> tuple:
-    eager_medians = {(row["device"], row["threads"], row["batch"]): row["latency_ms"]["median"] for row in rows
+    eager_medians = {(row["device"], row["threads"], row["batch"]): row["ms"] for row in rows
                      if (row["format"], row["runtime"], row["precision"]) == (TORCH, TORCH_RUNTIMES["eager"], FP32.name)
                      and row["latency_ms"] is not None}
     cells = []
     for row in fastest.values():
         eager = eager_medians.get((row["device"], row["threads"], row["batch"]))
-        median = row["latency_ms"]["median"]
+        median = row["ms"]
         cells.append([row["format"], row["device"], row["runtime"], row["precision"], text(row["threads"]),
                       str(row["batch"]), significant(median), significant(row["throughput_ips"]),
                       times(eager / median if eager else None), times(row["ratio_vs_timm"])])
@@ -175,7 +189,7 @@ def _precision_table(rows: list[dict]) -> tuple:
     ordered = sorted(fastest.items(), key=lambda item: (rank(item[0][0], DEVICE_ORDER), item[0][1] or 0,
                                                           rank(item[0][2], PRECISION_ORDER)))
     cells = [[row["device"], text(row["threads"]), row["precision"], row["format"], row["runtime"], str(row["batch"]),
-              significant(row["latency_ms"]["median"]), significant(row["throughput_ips"]),
+              significant(row["ms"]), significant(row["throughput_ips"]),
               times(row.get("speedup_vs_fp32"))] for _, row in ordered]
     return ("table", PRECISION_COLUMNS, cells)
 
@@ -250,7 +264,7 @@ def _run_text(options: dict) -> str:
 # One section per model: latency, parity and artifacts, throughput, rows that are not ok
 
 
-def _model_section(model: dict, rows: list[dict], several_machines: bool) -> list[tuple]:
+def _model_section(model: dict, rows: list[dict], several_machines: bool, protocol: str) -> list[tuple]:
     identity = _identity_columns(several_machines)
     timed = [row for row in rows if row["latency_ms"] is not None]
     # The plots show per-image latency: each machine's batch-1 rows (or its smallest batch).
@@ -263,7 +277,8 @@ def _model_section(model: dict, rows: list[dict], several_machines: bool) -> lis
         if model["macs"] else "")  # unknown for artifacts of an mnv4 that did not record them
     blocks = [("heading", 2, heading), ("heading", 3, "Latency")]
     if timed:
-        blocks.append(("table", identity + LATENCY_COLUMNS, [_cells(row, several_machines, _latency_cells)
+        columns = [(LATENCY_HEADERS[protocol], True), *LATENCY_COLUMNS[1:]]
+        blocks.append(("table", identity + columns, [_cells(row, several_machines, _latency_cells)
                                                              for row in timed]))
         for machine, batch_rows in smallest.items():
             blocks.append(("figure", lambda r=batch_rows, m=machine: latency_figure(r, m, model["variant"]),
@@ -318,11 +333,12 @@ LATENCY_COLUMNS = [("median ms (p5–p95)", True), ("mean ± std ms", True), ("p
                    ("load ms", True), ("first inference ms", True), ("throughput img/s", True),
                    ("peak RSS MB", True), ("GFLOP/s", True), ("% of peak", True), ("vs fp32", True),
                    ("ours/timm", True)]
+LATENCY_HEADERS = {"median": LATENCY_COLUMNS[0][0], "paper": "median of process means ms (p5–p95 of all calls)"}
 
 
 def _latency_cells(row: dict) -> list[str]:
     latency = row["latency_ms"]
-    median, mean = latency["median"], latency["mean"]
+    median, mean = row["ms"], latency["mean"]
     return [f"{significant(median)} ({significant(latency['p5'], median)}–{significant(latency['p95'], median)})",
             f"{significant(mean)} ± {significant(latency['std'], mean)}", significant(latency["p99"], median),
             str(latency["iterations"]), significant(row["load_ms"]), significant(row["first_inference_ms"]),
