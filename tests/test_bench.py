@@ -199,6 +199,14 @@ def test_bad_bench_options_are_one_line_errors_before_any_work(args, fragments, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", ["bench", "bench-artifacts"])
+def test_a_bad_latency_protocol_is_a_one_line_error(command, tmp_path, cli):
+    result = cli(command, *([tmp_path] if command == "bench-artifacts" else []), "--latency", "mean",
+                 "--output-dir", tmp_path / "out")
+    assert_one_line_error(result, "--latency takes median or paper, got 'mean'")
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_refuses_a_file_that_is_not_results(tmp_path, cli):
     (tmp_path / "a.json").write_text(json.dumps({"schema": "other"}))
     assert_one_line_error(cli("report", tmp_path / "a.json", "--output-dir", tmp_path), "not an mnv4 bench results")

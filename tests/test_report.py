@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from mnv4.bench.latency import median_of_process_means
+from mnv4.bench.measure import _pooled_latency
 from mnv4.bench.report import merge, render_html, render_markdown, write_report
 from mnv4.bench.report.document import HOW_TO_READ
 from mnv4.bench.results import SCHEMA, Status, load_results, write_results
@@ -229,7 +231,8 @@ def test_the_headline_comes_first_with_the_fastest_row_per_format_and_the_verdic
         < md.index("## Machines")
     linux_headline, mac_headline = md.split("## How to read this report")[0].split("### ")[1:]
     assert linux_headline.startswith("linux-epyc: conv_small at 224 px") and mac_headline.startswith("mac-m3: conv_small")
-    assert [line for line in linux_headline.splitlines() if line.startswith("| ")][1:] == [
+    fastest_table = linux_headline.split("| device | threads | precision |")[0]
+    assert [line for line in fastest_table.splitlines() if line.startswith("| ")][1:] == [
         "| onnx | cpu | onnxruntime | fp32 | 2 | 1 | 2.50 | 400 | 2.00× | 0.97× |",
         "| torch | cpu | torch-eager | fp32 | 2 | 1 | 5.00 | 200 | 1.00× | — |",
         "| torch | cuda | torch-cuda-graphs | fp16 | — | 64 | 2.95 | 21695 | — | 0.90× |"]
@@ -244,6 +247,74 @@ def test_the_headline_comes_first_with_the_fastest_row_per_format_and_the_verdic
     page = render_html([linux, mac])
     assert page.index("<h2>Headline</h2>") < page.index("<h2>How to read this report</h2>")
     assert '<td class="num">2.00×</td>' in page and "Parity: 10 of 11 compared rows pass; failing:" in page
+
+
+def test_the_headline_names_the_fastest_row_of_each_precision_and_the_int8_speed_ups(linux):
+    def int8(fmt, runtime, median, speedup, threads=1, **kwargs):
+        return {**row(fmt, runtime, median, precision="int8", threads=threads, parity=parity(8e-3, 0.999, "int8"),
+                      **kwargs), "speedup_vs_fp32": speedup}
+
+    linux["rows"] += [
+        int8("onnx", "onnxruntime", 2.06, 2.0), int8("onnx", "onnxruntime", 1.5, 1.8, threads=2),
+        int8("tflite", "litert", 3.0, 1.5),
+        # Neither is the fastest int8 row, nor in the speed-ups: one breaches parity, one ran on a software device.
+        int8("executorch", "executorch", 1.0, 4.0, status=Status.PARITY_FAILED, reason="relative error 0.9 > 0.05"),
+        {**int8("tflite", "litert-gpu", 0.5, 8.0), "emulated": True}]
+    headline = render_markdown([linux]).split("## How to read this report")[0]
+    table = headline.split("| device | threads | precision | format | runtime | batch | median ms | img/s | vs own fp32 |")[1]
+    assert [line for line in table.splitlines() if line.startswith("| ")] == [
+        "| cpu | 1 | fp32 | onnx | onnxruntime | 1 | 4.12 | 243 | — |",
+        "| cpu | 1 | int8 | onnx | onnxruntime | 1 | 2.06 | 485 | 2.00× |",
+        "| cpu | 2 | int8 | onnx | onnxruntime | 1 | 1.50 | 667 | 1.80× |",
+        "| cuda | — | fp16 | torch | torch-cuda-graphs | 64 | 2.95 | 21695 | — |"]
+    assert "int8 over fp32 (same format, runtime, threads and batch; above 1: faster): onnxruntime 1.80× to 2.00×; " \
+           "litert 1.50×." in headline
+
+
+def test_the_papers_latency_is_the_median_of_each_process_mean():
+    # Each process's mean (2, 10, 4), then their median.
+    runs = [{"times_ms": [1.0, 2.0, 3.0]}, {"times_ms": [10.0, 10.0, 10.0]}, {"times_ms": [4.0, 4.0, 4.0]}]
+    assert median_of_process_means([run["times_ms"] for run in runs]) == 4.0
+    assert _pooled_latency(runs)["median_of_process_means"] == 4.0 and _pooled_latency(runs)["processes"] == 3
+    assert _pooled_latency([{"times_ms": [1.0, 2.0, 9.0]}])["median_of_process_means"] == 4.0  # one process: its mean
+    assert _pooled_latency([{"times_ms": [1.0, 2.0, 9.0]}])["median"] == 2.0
+
+
+def paper(data):
+    """The results as `--latency paper` writes them: each latency with the paper's statistic, the protocol recorded."""
+    data["options"]["latency"] = "paper"
+    for entry in data["rows"]:
+        if entry["latency_ms"]:
+            entry["latency_ms"]["median_of_process_means"] = entry["latency_ms"]["median"] * 2
+    return data
+
+
+def test_the_report_names_its_latency_protocol_and_uses_its_statistic(tmp_path, linux):
+    assert "Latency protocol: the median over the timed calls of all of a row's processes (--latency median)." \
+        in render_markdown([linux])
+    md = render_markdown([load_results(write_results(paper(linux), tmp_path / "results.json"))])
+    headline = md.split("## How to read this report")[0]
+    assert "Latency protocol: the MobileNetV4 paper's, the median over a row's processes (--repeats) of each " \
+           "process's mean latency (--latency paper)" in headline
+    assert "| onnx | cpu | onnxruntime | fp32 | 1 | 1 | 8.24 |" in headline  # 2 × the pooled median 4.12
+    assert "| median of process means ms (p5–p95 of all calls) |" in md
+    assert "| mnv4 | onnx | onnxruntime | cpu | fp32 | 1 | 1 | ok | 8.24 (3.91–4.53) |" in md
+
+
+def test_files_of_different_latency_protocols_are_not_merged(tmp_path, linux, mac):
+    a, b = write_results(linux, tmp_path / "A.json"), write_results(paper(mac), tmp_path / "B.json")
+    with pytest.raises(MNV4Error) as excinfo:
+        merge([a, b], tmp_path / "report")
+    assert one_line_error(excinfo) == (f"the results files were timed with different --latency protocols ({a}: median, "
+                                       f"{b}: paper); merge files timed alike")
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_paper_latency_without_its_statistic_is_refused(tmp_path, linux):
+    linux["options"]["latency"] = "paper"
+    with pytest.raises(MNV4Error) as excinfo:
+        write_results(linux, tmp_path / "results.json")
+    assert "latency_ms is missing the key 'median_of_process_means' that its --latency needs" in one_line_error(excinfo)
 
 
 # ---------------------------------------------------------------------------------------------------------------

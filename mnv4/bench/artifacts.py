@@ -154,7 +154,8 @@ def _measure_artifacts(found: list[Found], options: ArtifactBenchOptions, work: 
                   "compare_timm": False, "artifacts": [f.path.name for f in found],
                   "command": shlex.join(["mnv4", *sys.argv[1:]])},
         {"variant": first.variant, "resolution": first.resolution, "macs": size.get("macs"), "params": size.get("params")},
-        finish_rows([row for row, _, _ in jobs], size.get("macs"), machine["fma_peak_gflops_per_thread"]))
+        finish_rows([row for row, _, _ in jobs], size.get("macs"), machine["fma_peak_gflops_per_thread"],
+                    options.latency))
 
 
 def _jobs(item: Found, index: int, options: ArtifactBenchOptions, work: Path) -> list[WorkerJob]:

@@ -29,6 +29,11 @@ def time_calls(call: Callable[[], object], warmup: int, iterations: int | None, 
             return times
 
 
+def median_of_process_means(times_per_process: list[list[float]]) -> float:
+    """The MobileNetV4 paper's latency: each process's mean time, then their median (one process: its mean)."""
+    return float(np.median([np.mean(times) for times in times_per_process]))
+
+
 def summarise(times_ms: list[float]) -> dict:
     values = np.asarray(times_ms, dtype=np.float64)
     p5, median, p95, p99 = np.percentile(values, [5, 50, 95, 99])

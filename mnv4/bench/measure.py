@@ -21,9 +21,9 @@ from ..artifact.parity import row_parity, with_known_issue
 from ..artifact.precisions import FP32, PRECISIONS
 from ..artifact.reference import Reference
 from ..errors import MNV4Error
-from .latency import summarise
+from .latency import median_of_process_means, summarise
 from .plan import Row
-from .results import Status
+from .results import LATENCY_STATISTICS, Status
 from .worker import Timing, WorkerJob
 
 JOB_TIMEOUT_SECONDS = 1200
@@ -134,18 +134,20 @@ def is_measured(row: Row) -> bool:
     return bool(row.runs) and row.status in (Status.OK, Status.PARITY_FAILED)
 
 
-def finish_rows(rows: list[Row], macs: int | None, fma_peak_per_thread: float | None) -> list[dict]:
+def finish_rows(rows: list[Row], macs: int | None, fma_peak_per_thread: float | None,
+                protocol: str = "median") -> list[dict]:
     """Rows as results.json has them: latency over the timed calls of all the row's processes, load and
     first inference as their medians, the largest peak memory, throughput, GFLOP/s, fraction of peak and
-    the ours/timm ratio."""
+    the ours/timm ratio; throughput, GFLOP/s and speed-ups from the --latency `protocol`'s statistic."""
     latencies = {id(row): _pooled_latency(row.runs) for row in rows}
+    statistic = LATENCY_STATISTICS[protocol]
     timm_rows = {row.key(): row for row in rows if row.source == "timm"}
-    fp32_medians = {_same_but_precision(row): latencies[id(row)]["median"] for row in rows
+    fp32_medians = {_same_but_precision(row): latencies[id(row)][statistic] for row in rows
                     if row.precision == FP32.name and latencies[id(row)]}
     finished = []
     for row in rows:
         latency = latencies[id(row)]
-        median_s = latency["median"] / 1e3 if latency else None
+        median_s = latency[statistic] / 1e3 if latency else None
         # A software device's speed makes no arithmetic rate.
         gflops = 2 * macs * row.batch / median_s / 1e9 if median_s and macs and not emulated(row) else None
         peer = timm_rows.get(row.key()) if row.source == "mnv4" else None
@@ -162,7 +164,7 @@ def finish_rows(rows: list[Row], macs: int | None, fma_peak_per_thread: float | 
             "peak_fraction": gflops / (fma_peak_per_thread * row.threads)
             if gflops and fma_peak_per_thread and row.device == "cpu" else None,
             "ratio_vs_timm": _ratio_vs_timm(row, peer) if peer and latency and latencies[id(peer)] else None,
-            "speedup_vs_fp32": fp32_median / latency["median"] if fp32_median and latency else None,
+            "speedup_vs_fp32": fp32_median / latency[statistic] if fp32_median and latency else None,
             "execution": row.runs[0]["execution"] if row.runs else None, "emulated": emulated(row),
         })
     return finished
@@ -175,7 +177,10 @@ def _same_but_precision(row: Row) -> tuple:
 
 def _pooled_latency(runs: list[dict]) -> dict | None:
     times = [time for run in runs for time in run["times_ms"] or ()]
-    return {**summarise(times), "processes": len(runs)} if times else None
+    if not times:
+        return None
+    return {**summarise(times), "processes": len(runs),
+            "median_of_process_means": median_of_process_means([run["times_ms"] for run in runs if run["times_ms"]])}
 
 
 def _ratio_vs_timm(ours: Row, theirs: Row) -> float:

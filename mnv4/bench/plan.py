@@ -13,7 +13,7 @@ from ..artifact.options import MAX_BATCH, MAX_THREADS
 from ..artifact.precisions import BF16, FP16, FP32, PRECISIONS
 from ..errors import MNV4Error, unknown_value
 from ..runtimes import recorded_runtime
-from .results import Status
+from .results import LATENCY_STATISTICS, Status
 from .worker import Timing
 
 FORMATS = (*ARTIFACT_FORMATS, TORCH)
@@ -37,11 +37,12 @@ class Measurement:
     threads: tuple[int, ...] = (1,)
     repeats: int = 1
     timing: Timing = Timing()
+    latency: str = "median"  # a key of LATENCY_STATISTICS
 
     def record(self) -> dict:
         """The options as results.json has them."""
         timing = self.timing
-        return {"threads": list(self.threads), "repeats": self.repeats, "warmup": timing.warmup,
+        return {"threads": list(self.threads), "repeats": self.repeats, "latency": self.latency, "warmup": timing.warmup,
                 "iterations": timing.iterations, "min_seconds": None if timing.iterations else timing.min_seconds}
 
 
@@ -141,6 +142,8 @@ def check_measurement(options: Measurement) -> None:
         raise MNV4Error(f"--iterations must be at least 1, got {timing.iterations}")
     if options.repeats < 1:
         raise MNV4Error(f"--repeats must be at least 1, got {options.repeats}")
+    if options.latency not in LATENCY_STATISTICS:
+        raise MNV4Error(f"--latency takes {' or '.join(LATENCY_STATISTICS)}, got {options.latency!r}")
     if timing.warmup < 0:
         raise MNV4Error(f"--warmup must be 0 or more, got {timing.warmup}")
     if timing.min_seconds is not None and not (math.isfinite(timing.min_seconds) and timing.min_seconds > 0):

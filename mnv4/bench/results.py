@@ -15,6 +15,12 @@ from ..artifact.precisions import PRECISIONS
 from ..errors import MissingExtraError, MNV4Error
 
 SCHEMA = "mnv4-bench/1"
+# --latency: which statistic of latency_ms the report and the derived fields (throughput, GFLOP/s, speed-ups) use.
+# "paper" is the MobileNetV4 paper's protocol: the median over repeats of the mean latency of many runs.
+LATENCY_STATISTICS = {"median": "median", "paper": "median_of_process_means"}
+LATENCY_PROTOCOLS = {"median": "the median over the timed calls of all of a row's processes (--latency median)",
+                     "paper": "the MobileNetV4 paper's, the median over a row's processes (--repeats) of each "
+                              "process's mean latency (--latency paper); p5–p95, mean and p99 stay over all calls"}
 
 
 class Status(str, Enum):
@@ -78,7 +84,8 @@ _MACHINE = {"id": _NAME, "hostname": _NAME, "os": _NAME, "platform": _NAME, "pyt
 _OPTIONS = {"variant": _NAME, "formats": schema.list_of(_NAME), "precisions": schema.list_of(_NAME),
             "threads": schema.list_of(_COUNT), "batches": schema.list_of(_COUNT), "device": _NAME,
             "warmup": schema.integer(0), "iterations": _MAYBE_COUNT, "min_seconds": _MAYBE_NUMBER,
-            "weights": schema.NOTHING | schema.OBJECT | _NAME, "resolution": _COUNT, "compare_timm": schema.BOOLEAN}
+            "weights": schema.NOTHING | schema.OBJECT | _NAME, "resolution": _COUNT, "compare_timm": schema.BOOLEAN,
+            "latency": schema.one_of(tuple(LATENCY_STATISTICS))}
 _MODEL = {"variant": _NAME, "resolution": _COUNT, "macs": schema.NOTHING | schema.integer(0),
           "params": schema.NOTHING | schema.integer(0)}
 _ROW = {"source": schema.one_of(SOURCES), "format": _NAME, "runtime": _NAME, "device": schema.one_of(DEVICE_ORDER),
@@ -89,7 +96,9 @@ _ROW = {"source": schema.one_of(SOURCES), "format": _NAME, "runtime": _NAME, "de
         "parity": schema.NOTHING | schema.OBJECT, "gflops": _MAYBE_NUMBER, "peak_fraction": _MAYBE_NUMBER,
         "ratio_vs_timm": _MAYBE_NUMBER}
 _LATENCY = {**dict.fromkeys(("mean", "median", "p5", "p95", "p99", "std", "min", "max"), _NUMBER),
-            "iterations": _COUNT}
+            "iterations": _COUNT, "median_of_process_means": _NUMBER}
+# Results written before --latency lack these, and were timed by the pooled median.
+_OPTIONAL = {"options": ("latency",), "latency_ms": ("median_of_process_means",)}
 # Errors and cosines that were not finite are written as null.
 _PARITY = {**dict.fromkeys(("rel_err", "max_abs"), _MAYBE_NUMBER),
            **dict.fromkeys(("cosine", "top1_agreement", "top5_agreement"), schema.NOTHING | schema.number(-1, 1)),
@@ -104,14 +113,17 @@ def validate(results: object, name: str) -> None:
     schema.check(results, {"created": _NAME, "machine": schema.OBJECT, "versions": schema.OBJECT,
                            "options": schema.OBJECT, "model": schema.OBJECT, "rows": schema.list_of(schema.OBJECT)}, name)
     for section, fields in (("machine", _MACHINE), ("options", _OPTIONS), ("model", _MODEL)):
-        schema.check(results[section], fields, f"{name} ({section})")
+        schema.check(results[section], fields, f"{name} ({section})", _OPTIONAL.get(section, ()))
+    statistic = LATENCY_STATISTICS[latency_protocol([results])]
     seen = {}
     for index, row in enumerate(results["rows"]):
         schema.check(row, _ROW, f"{name} (row {index})")
         where = f"{name} (row {index}: {describe_row(row)})"
         _check_status(row, where)
         if row["latency_ms"] is not None:
-            schema.check(row["latency_ms"], _LATENCY, f"{where} latency_ms")
+            schema.check(row["latency_ms"], _LATENCY, f"{where} latency_ms", _OPTIONAL["latency_ms"])
+            if statistic not in row["latency_ms"]:
+                raise MNV4Error(f"{where} latency_ms is missing the key {statistic!r} that its --latency needs")
         if row["parity"] is not None:
             schema.check(row["parity"], _PARITY, f"{where} parity")
         identity = row_identity(row)
@@ -132,6 +144,17 @@ def _check_status(row: dict, where: str) -> None:
         raise MNV4Error(f"{where}: status {status.value!r} must not have a latency_ms")
     if status is Status.PARITY_FAILED and row["parity"] is None:
         raise MNV4Error(f"{where}: status {status.value!r} needs a parity")
+
+
+def latency_protocol(results_list: list[dict], names: list[str] | None = None) -> str:
+    """The --latency protocol of all the files: one report cannot set one file's statistic beside another's."""
+    protocols = [results["options"].get("latency", "median") for results in results_list]
+    if len(set(protocols)) > 1:
+        names = names or [f"results {index + 1}" for index in range(len(results_list))]
+        raise MNV4Error("the results files were timed with different --latency protocols ("
+                        + ", ".join(f"{name}: {protocol}" for name, protocol in zip(names, protocols))
+                        + "); merge files timed alike")
+    return protocols[0] if protocols else "median"
 
 
 def results_document(machine: dict, options: dict, model: dict, rows: list[dict]) -> dict:

@@ -70,7 +70,7 @@ class Bench:
             machine, {**options.record(), "resolution": resolution, "weights_facts": self.weights_facts},
             {"variant": options.variant, "resolution": resolution, "macs": macs,
              "params": sum(p.numel() for p in self.model.parameters())},
-            finish_rows(rows, macs, machine["fma_peak_gflops_per_thread"]))
+            finish_rows(rows, macs, machine["fma_peak_gflops_per_thread"], options.latency))
 
     def _prepare_reference(self) -> None:
         """The reference model, its weights as a file every export and worker uses, and its numbers: for a model

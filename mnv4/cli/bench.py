@@ -19,6 +19,9 @@ CPU = {row.runtimes[0] for row in FORMATS.values()}
 Threads = Annotated[str, typer.Option("--threads", help="Comma-separated CPU thread counts, e.g. 1,2.")]
 Warmup = Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.")]
 Repeats = Annotated[int, typer.Option("--repeats", help="Fresh processes per row (latency pools their calls).")]
+Latency = Annotated[str, typer.Option("--latency", help=(
+    "The latency the report uses: median (over all timed calls) or paper (the MobileNetV4 paper's: the median over "
+    "the --repeats processes of each one's mean)."))]
 Iterations = Annotated[int | None, typer.Option("--iterations", help="Timed calls (default: time by --min-seconds).")]
 MinSeconds = Annotated[float, typer.Option("--min-seconds", help="Time each row for at least this long (and 10 calls).")]
 Strict = Annotated[bool, typer.Option("--strict", help="Exit 1 when any row failed or breaches parity (for CI).")]
@@ -47,6 +50,7 @@ def bench(
     device: Annotated[str, typer.Option("--device", help="cpu, or cuda for the PyTorch CUDA rows.")] = "cpu",
     warmup: Warmup = 10,
     repeats: Repeats = 1,
+    latency: Latency = "median",
     iterations: Iterations = None,
     min_seconds: MinSeconds = 2.0,
     weights: Annotated[Path | None, typer.Option(
@@ -68,8 +72,8 @@ def bench(
         exporting = [f"--{name.replace('_', '-')}" for name in given if name in EXPORTING_OPTIONS]
         if exporting:
             raise MNV4Error(f"{', '.join(exporting)} do not go with bench-artifacts: the artifacts are what is measured")
-        return bench_artifacts(artifacts, runtimes, threads, warmup, repeats, iterations, min_seconds, xnnpack_fp16,
-                               machine_name, output_dir, strict, False, verbose)
+        return bench_artifacts(artifacts, runtimes, threads, warmup, repeats, latency, iterations, min_seconds,
+                               xnnpack_fp16, machine_name, output_dir, strict, False, verbose)
     with_artifacts = [f"--{name.replace('_', '-')}" for name in given if name in ("xnnpack_fp16", "machine_name")]
     if with_artifacts:
         raise MNV4Error(f"{', '.join(with_artifacts)} go with `mnv4 bench-artifacts PATHS`")
@@ -82,8 +86,9 @@ def bench(
     options = BenchOptions(
         variant=variant, formats=parse_list(formats), runtimes=parse_list(runtimes), precisions=parse_list(precisions),
         threads=parse_list(threads, int), batches=parse_list(batch, int) if batch else None, device=device,
-        repeats=repeats, timing=_timing(warmup, iterations, min_seconds), weights=str(weights) if weights else None,
-        resolution=resolution, compare_timm=compare_timm, command=shlex.join(["mnv4", *sys.argv[1:]]))
+        repeats=repeats, latency=latency, timing=_timing(warmup, iterations, min_seconds),
+        weights=str(weights) if weights else None, resolution=resolution, compare_timm=compare_timm,
+        command=shlex.join(["mnv4", *sys.argv[1:]]))
     check_options(options)
     _measure(lambda progress: run_bench(options, output_dir, progress), output_dir, strict, verbose)
 
@@ -98,6 +103,7 @@ def bench_artifacts(
     threads: Threads = "1",
     warmup: Warmup = 10,
     repeats: Repeats = 1,
+    latency: Latency = "median",
     iterations: Iterations = None,
     min_seconds: MinSeconds = 2.0,
     xnnpack_fp16: XnnpackFp16 = False,
@@ -113,6 +119,7 @@ def bench_artifacts(
     from ..bench.artifacts import bench_artifacts as run_bench_artifacts
 
     options = ArtifactBenchOptions(runtimes=parse_list(runtimes), threads=parse_list(threads, int), repeats=repeats,
+                                   latency=latency,
                                    timing=_timing(warmup, iterations, min_seconds), xnnpack_fp16=xnnpack_fp16,
                                    machine_name=machine_name)
     check_artifact_options(options)

@@ -4,15 +4,26 @@ same blocks as Markdown and as HTML."""
 from __future__ import annotations
 
 from ...artifact.formats import TORCH
-from ...artifact.precisions import FP32
+from ...artifact.precisions import FP32, INT8
 from ..plan import TORCH_RUNTIMES
-from ..results import describe_row, machine_labels, summary_rows
+from ..results import (
+    DEVICE_ORDER,
+    LATENCY_PROTOCOLS,
+    LATENCY_STATISTICS,
+    PRECISION_ORDER,
+    describe_row,
+    latency_protocol,
+    machine_labels,
+    summary_rows,
+)
 from .plots import ZERO_ERROR, cuda_sweeps, latency_figure, parity_figure, smallest_batch, throughput_figure
 from .text import agreement, fixed, percent, scientific, significant, text, times
 
 HEADLINE = ("Per machine, the fastest mnv4 row of each format and device (most images per second) among the rows "
             "timed within parity; “vs torch eager fp32” = PyTorch eager fp32's median at the same device, threads and "
-            "batch / this median (above 1: faster than PyTorch). Then the parity verdicts and ours/timm.")
+            "batch / this median (above 1: faster than PyTorch). Then the fastest mnv4 row of each precision per device and "
+            "thread count, with “vs own fp32” = the same format and runtime's fp32 median / this median, the int8 "
+            "speed-ups over fp32 per runtime, the parity verdicts and ours/timm.")
 
 EMULATED_NOTE = ("Rows marked (emulated) ran on a software device here (a GPU emulated by Mesa's lavapipe or SwiftShader, "
                  "or headless Chromium): their numbers are the real kernels', their latency is not representative of "
@@ -46,7 +57,11 @@ def title(results_list: list[dict]) -> str:
 
 def document(results_list: list[dict]) -> list[tuple]:
     labels = machine_labels(results_list)
-    rows = summary_rows(results_list)
+    protocol = latency_protocol(results_list)
+    statistic = LATENCY_STATISTICS[protocol]
+    # "ms": the latency every table and the headline read, the --latency protocol's statistic.
+    rows = [{**row, "ms": row["latency_ms"][statistic] if row["latency_ms"] else None}
+            for row in summary_rows(results_list)]
     several_machines = len(set(labels)) > 1
     machines = ", ".join(dict.fromkeys(labels))
     models = {}
@@ -57,7 +72,7 @@ def document(results_list: list[dict]) -> list[tuple]:
         ("heading", 1, title(results_list)),
         ("paragraph", f"{len(results_list)} results file(s) from {machines}."),
         *_emulation_notes(results_list, labels),
-        *_headline(rows_by_model),
+        *_headline(rows_by_model, protocol),
         ("heading", 2, "How to read this report"),
         *[("paragraph", paragraph) for paragraph in HOW_TO_READ],
         ("heading", 2, "Machines"),
@@ -68,7 +83,7 @@ def document(results_list: list[dict]) -> list[tuple]:
         blocks.append(("heading", 3, f"{label}: {results['model']['variant']}, created {results['created']}"))
         blocks.append(("code", _run_text(results["options"])))
     for key, model in models.items():
-        blocks += _model_section(model, rows_by_model[key], several_machines)
+        blocks += _model_section(model, rows_by_model[key], several_machines, protocol)
     return blocks
 
 
@@ -81,8 +96,9 @@ HEADLINE_COLUMNS = [("format", False), ("device", False), ("runtime", False), ("
                     ("ours/timm", True)]
 
 
-def _headline(rows_by_model: dict[tuple, list[dict]]) -> list[tuple]:
-    blocks = [("heading", 2, "Headline"), ("paragraph", HEADLINE)]
+def _headline(rows_by_model: dict[tuple, list[dict]], protocol: str) -> list[tuple]:
+    blocks = [("heading", 2, "Headline"), ("paragraph", HEADLINE),
+              ("paragraph", f"Latency protocol: {LATENCY_PROTOCOLS[protocol]}.")]
     for (variant, resolution), rows in rows_by_model.items():
         for machine in dict.fromkeys(row["machine"] for row in rows):
             # Machine first: a heading starting with the variant would read as that variant's own section.
@@ -93,8 +109,10 @@ def _headline(rows_by_model: dict[tuple, list[dict]]) -> list[tuple]:
 
 def _machine_headline(rows: list[dict]) -> list[tuple]:
     ours = [row for row in rows if row["source"] == "mnv4"]
-    fastest = _fastest_per_format(ours)
+    fastest = _fastest(ours, ("device", "format"))
     blocks = [_fastest_table(fastest, ours) if fastest else ("paragraph", "No mnv4 row is timed within parity.")]
+    if fastest:
+        blocks += [_precision_table(ours), *_int8_speedups(ours)]
     not_timed = {}
     for row in ours:
         if (row["device"], row["format"]) not in fastest and not row.get("emulated"):
@@ -106,17 +124,21 @@ def _machine_headline(rows: list[dict]) -> list[tuple]:
     blocks += _emulated_verdicts(ours)
     ratios = [row["ratio_vs_timm"] for row in rows if row["ratio_vs_timm"] is not None]
     if ratios:
-        spread = times(ratios[0]) if len(ratios) == 1 else f"{times(min(ratios))} to {times(max(ratios))}"
-        blocks.append(("paragraph", f"ours/timm: {spread} over {len(ratios)} configuration(s) (below 1: ours is faster)."))
+        blocks.append(("paragraph", f"ours/timm: {_spread(ratios)} over {len(ratios)} configuration(s) (below 1: ours "
+                                    "is faster)."))
     return blocks
 
 
-def _fastest_per_format(rows: list[dict]) -> dict[tuple, dict]:
-    """(device, format) -> its ok row with the least time per image (not per call, so that a larger batch counts
-    by the images it serves), in report order."""
+def _spread(values: list[float]) -> str:
+    return times(values[0]) if len(values) == 1 else f"{times(min(values))} to {times(max(values))}"
+
+
+def _fastest(rows: list[dict], fields: tuple[str, ...]) -> dict[tuple, dict]:
+    """The values of `fields` -> their ok row with the least time per image (not per call, so that a larger batch
+    counts by the images it serves), in report order; emulated rows never, their speed is no device's."""
     fastest = {}
     for row in rows:
-        key = (row["device"], row["format"])
+        key = tuple(row[field] for field in fields)
         if row["status"] == "ok" and not row.get("emulated") and \
                 (key not in fastest or _ms_per_image(row) < _ms_per_image(fastest[key])):
             fastest[key] = row
@@ -137,21 +159,52 @@ def _emulated_verdicts(rows: list[dict]) -> list[tuple]:
 
 
 def _ms_per_image(row: dict) -> float:
-    return row["latency_ms"]["median"] / row["batch"]
+    return row["ms"] / row["batch"]
 
 
 def _fastest_table(fastest: dict[tuple, dict], rows: list[dict]) -> tuple:
-    eager_medians = {(row["device"], row["threads"], row["batch"]): row["latency_ms"]["median"] for row in rows
+    eager_medians = {(row["device"], row["threads"], row["batch"]): row["ms"] for row in rows
                      if (row["format"], row["runtime"], row["precision"]) == (TORCH, TORCH_RUNTIMES["eager"], FP32.name)
                      and row["latency_ms"] is not None}
     cells = []
     for row in fastest.values():
         eager = eager_medians.get((row["device"], row["threads"], row["batch"]))
-        median = row["latency_ms"]["median"]
+        median = row["ms"]
         cells.append([row["format"], row["device"], row["runtime"], row["precision"], text(row["threads"]),
                       str(row["batch"]), significant(median), significant(row["throughput_ips"]),
                       times(eager / median if eager else None), times(row["ratio_vs_timm"])])
     return ("table", HEADLINE_COLUMNS, cells)
+
+
+PRECISION_COLUMNS = [("device", False), ("threads", True), ("precision", False), ("format", False), ("runtime", False),
+                     ("batch", True), ("median ms", True), ("img/s", True), ("vs own fp32", True)]
+
+
+def _precision_table(rows: list[dict]) -> tuple:
+    """The fastest row of each precision per device and thread count: which runtime to ship at each precision."""
+    def rank(value, order):
+        return order.index(value) if value in order else len(order)
+
+    fastest = _fastest(rows, ("device", "threads", "precision"))
+    ordered = sorted(fastest.items(), key=lambda item: (rank(item[0][0], DEVICE_ORDER), item[0][1] or 0,
+                                                          rank(item[0][2], PRECISION_ORDER)))
+    cells = [[row["device"], text(row["threads"]), row["precision"], row["format"], row["runtime"], str(row["batch"]),
+              significant(row["ms"]), significant(row["throughput_ips"]),
+              times(row.get("speedup_vs_fp32"))] for _, row in ordered]
+    return ("table", PRECISION_COLUMNS, cells)
+
+
+def _int8_speedups(rows: list[dict]) -> list[tuple]:
+    """Each runtime's int8 speed-ups over its own fp32 (rows within parity): what static quantisation buys there."""
+    speedups = {}
+    for row in rows:
+        if row["precision"] == INT8.name and row["status"] == "ok" and not row.get("emulated") \
+                and row.get("speedup_vs_fp32") is not None:
+            speedups.setdefault(row["runtime"], []).append(row["speedup_vs_fp32"])
+    if not speedups:
+        return []
+    return [("paragraph", "int8 over fp32 (same format, runtime, threads and batch; above 1: faster): "
+             + "; ".join(f"{runtime} {_spread(values)}" for runtime, values in speedups.items()) + ".")]
 
 
 def _parity_verdict(rows: list[dict]) -> str:
@@ -211,7 +264,7 @@ def _run_text(options: dict) -> str:
 # One section per model: latency, parity and artifacts, throughput, rows that are not ok
 
 
-def _model_section(model: dict, rows: list[dict], several_machines: bool) -> list[tuple]:
+def _model_section(model: dict, rows: list[dict], several_machines: bool, protocol: str) -> list[tuple]:
     identity = _identity_columns(several_machines)
     timed = [row for row in rows if row["latency_ms"] is not None]
     # The plots show per-image latency: each machine's batch-1 rows (or its smallest batch).
@@ -224,7 +277,8 @@ def _model_section(model: dict, rows: list[dict], several_machines: bool) -> lis
         if model["macs"] else "")  # unknown for artifacts of an mnv4 that did not record them
     blocks = [("heading", 2, heading), ("heading", 3, "Latency")]
     if timed:
-        blocks.append(("table", identity + LATENCY_COLUMNS, [_cells(row, several_machines, _latency_cells)
+        columns = [(LATENCY_HEADERS[protocol], True), *LATENCY_COLUMNS[1:]]
+        blocks.append(("table", identity + columns, [_cells(row, several_machines, _latency_cells)
                                                              for row in timed]))
         for machine, batch_rows in smallest.items():
             blocks.append(("figure", lambda r=batch_rows, m=machine: latency_figure(r, m, model["variant"]),
@@ -279,11 +333,12 @@ LATENCY_COLUMNS = [("median ms (p5–p95)", True), ("mean ± std ms", True), ("p
                    ("load ms", True), ("first inference ms", True), ("throughput img/s", True),
                    ("peak RSS MB", True), ("GFLOP/s", True), ("% of peak", True), ("vs fp32", True),
                    ("ours/timm", True)]
+LATENCY_HEADERS = {"median": LATENCY_COLUMNS[0][0], "paper": "median of process means ms (p5–p95 of all calls)"}
 
 
 def _latency_cells(row: dict) -> list[str]:
     latency = row["latency_ms"]
-    median, mean = latency["median"], latency["mean"]
+    median, mean = row["ms"], latency["mean"]
     return [f"{significant(median)} ({significant(latency['p5'], median)}–{significant(latency['p95'], median)})",
             f"{significant(mean)} ± {significant(latency['std'], mean)}", significant(latency["p99"], median),
             str(latency["iterations"]), significant(row["load_ms"]), significant(row["first_inference_ms"]),

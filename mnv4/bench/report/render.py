@@ -7,7 +7,7 @@ import html
 import io
 from pathlib import Path
 
-from ..results import load_results, summary_rows
+from ..results import latency_protocol, load_results, summary_rows
 from .document import document, title
 
 DPI = 144  # 1.5x pixels for sharp plots on high-density screens; shown at the figure's size in CSS pixels
@@ -57,7 +57,9 @@ def write_report(results_list: list[dict], output_dir: str | Path) -> tuple[Path
 def merge(paths: list[str | Path], output_dir: str | Path) -> tuple[Path, Path]:
     """`mnv4 report A.json B.json --output-dir DIR`: one report over several machines' results."""
     results_list = [load_results(path) for path in paths]
-    summary_rows(results_list, [str(path) for path in paths])  # refuses rows measured twice, naming the file
+    names = [str(path) for path in paths]
+    latency_protocol(results_list, names)  # refuses files timed by different protocols, naming them
+    summary_rows(results_list, names)  # refuses rows measured twice, naming the file
     return write_report(results_list, output_dir)
 
 
