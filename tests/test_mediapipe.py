@@ -36,6 +36,7 @@ def categories_of(artifact: Path, images: np.ndarray) -> list:
                 for image in images]
 
 
+@pytest.mark.devices  # with the other places artifacts run: the default suite keeps to its 8 minutes
 @pytest.mark.parametrize("options", ARTIFACTS.values(), ids=ARTIFACTS)
 def test_mediapipe_names_the_top_class_that_mnv4_run_prints(options, store, cli, tmp_path):
     artifact = store.get("tflite", **options)

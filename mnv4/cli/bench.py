@@ -15,7 +15,7 @@ from ..errors import MNV4Error, ParityFailed
 from ..text import printable
 from .common import XNNPACK_FP16_HELP, AllowModified, Variant, Verbose, XnnpackFp16, parse_list, warn
 
-CPU = {row.runtimes[0] for row in FORMATS.values()}
+CPU = tuple(dict.fromkeys(row.runtimes[0] for row in FORMATS.values()))
 Threads = Annotated[str, typer.Option("--threads", help="Comma-separated CPU thread counts, e.g. 1,2.")]
 Warmup = Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.")]
 Repeats = Annotated[int, typer.Option("--repeats", help="Fresh processes per row (latency pools their calls).")]
@@ -30,7 +30,7 @@ MachineName = Annotated[str | None, typer.Option(
 Paths = Annotated[list[Path], typer.Argument(
     help="Exported artifacts, or folders of them, each with its manifest and stored reference.")]
 Runtimes = Annotated[str, typer.Option("--runtimes", help=(
-    "Comma-separated runtimes: cpu (each format's own: onnxruntime, litert, executorch, coreml), and beyond the CPU "
+    f"Comma-separated runtimes: cpu (each format's own: {', '.join(CPU)}), and beyond the CPU "
     f"{', '.join(name for name in RUNTIMES if name not in CPU)} (on software devices here: parity, and latency that "
     "is not representative)."))]
 BenchOutput = Annotated[Path, typer.Option("--output-dir", "-o", help="Where results.json and the reports go.")]
