@@ -32,6 +32,11 @@ TOOLCHAIN = ("openvino",)
 # top-1 (98.0% against PyTorch's 97.6%) and passes parity; "performance" (symmetric activations too, which waste half
 # the int8 range on post-ReLU values) failed it (cosine 0.79 < 0.80 against float64 on a photo).
 PRESET = "mixed"
+# Activation ranges are the plain min and max over all calibration images (RangeEstimatorParametersSet.MINMAX), where
+# NNCF's default averages each image's min and max, which clips what a few images reach: with the default, the seeded
+# conv_small at 224 px failed parity (cosine 0.77 < 0.80 on a photo against float64; 0.64 overall); with MINMAX it
+# passes (0.90 on the photos), and the trained fixture keeps held-out top-1 (98.0% against PyTorch's 97.6%), as
+# with the default. The same finding as TFLite's (export/tflite.py quantize_static).
 # Operators whose arithmetic NNCF quantizes: int8 when a FakeQuantize feeds them.
 _COMPUTE_OPS = ("Convolution", "GroupConvolution", "MatMul")
 FLOAT_OPS_RULE = ("Convolution, GroupConvolution and MatMul nodes of the IR none of whose inputs comes from a "
@@ -100,15 +105,20 @@ def _quantize(ir, calibration: np.ndarray, batch: int | None):
     # A fixed batch that does not divide the images is filled up from the first ones.
     batches = [np.take(calibration, range(start, start + size), axis=0, mode="wrap")
                for start in range(0, len(calibration), size)]
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
     quantized = nncf.quantize(ir, nncf.Dataset(batches), preset=nncf.QuantizationPreset(PRESET),
-                              subset_size=len(batches))
+                              subset_size=len(batches), advanced_parameters=AdvancedQuantizationParameters(
+                                  activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX))
     int8_ops, float_ops = _op_arithmetic(quantized)
     record = Quantization(
         recipe=f"NNCF post-training quantization (preset {PRESET}): per-channel symmetric int8 weights, per-tensor "
                f"asymmetric int8 activations, FakeQuantize in the IR",
         tool=f"nncf {metadata.version('nncf')}", weights="int8 per-channel symmetric",
         activations="int8 per-tensor (asymmetric)",
-        calibration={"images": len(calibration), "method": "NNCF MinMax statistics (with FastBiasCorrection)"},
+        calibration={"images": len(calibration), "method": "min/max over all images (NNCF MINMAX range estimator, "
+                                                           "with FastBiasCorrection)"},
         quantized_op_types=dict(int8_ops), float_ops=dict(float_ops), float_ops_rule=FLOAT_OPS_RULE,
         details={"fake_quantize_nodes": sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())})
     return quantized, record
