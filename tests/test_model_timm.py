@@ -45,7 +45,13 @@ def test_conv_small_parameter_count_is_the_released_one():
     assert sum(p.numel() for p in mnv4.create_model("conv_small").parameters()) == 3_774_024
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+# The large variants (384 and 448 px, the slowest of the suite's CPU time) run in the matrix tier: every block type they
+# use is proven in the default suite by the smaller variants.
+LARGE = ("conv_large", "hybrid_large", "conv_aa_large")
+
+
+@pytest.mark.parametrize("variant", [pytest.param(name, marks=pytest.mark.matrix) if name in LARGE else name
+                                     for name in VARIANTS])
 def test_numerically_identical_to_timm(variant, photo_images, tmp_path):
     """timm's model with randomised weights, saved and loaded into ours through the public loader,
     computes the same logits on real photos and random inputs, at two resolutions, with explicit
