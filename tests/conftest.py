@@ -18,7 +18,7 @@ digits fixture (fixture=True), whose verification includes its held-out accuracy
                 precision="int8" (device tier)
                 fixture, precision="fp16", batch=2 | fixture, precision="int8", dynamic_batch=True
     tflite      (fp32) | precision="fp16", nhwc=True, dynamic_batch=True, cli=True | variant="hybrid_medium",
-                dynamic_batch=True | fixture, precision="int8" | fixture, precision="int8", int8_io=True |
+                dynamic_batch=True (matrix tier) | fixture, precision="int8" | fixture, precision="int8", int8_io=True |
                 fixture, precision="int8-weights" | fixture | runtime=["litert-gpu"] (device tier)
     executorch  (fp32) | precision="fp16", nhwc=True, dynamic_batch=True | fixture, precision="int8", batch=4 |
                 delegate="vulkan" | delegate="coreml"

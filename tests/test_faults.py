@@ -229,7 +229,9 @@ def test_a_read_only_disk_is_one_line_before_any_work(small_disk, cli):
                           "cannot write to the folder", "Read-only file system")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+# One signal in the default suite (each is a fresh export process); the others run in the matrix tier.
+@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.matrix),
+                                    pytest.param(signal.SIGHUP, marks=pytest.mark.matrix)])
 def test_a_signal_during_export_cleans_up_the_partial_file(signum, tmp_path):
     """A fresh process, since the signal is the point (SIGHUP: a closed terminal, a dropped ssh session)."""
     output = tmp_path / "m.onnx"

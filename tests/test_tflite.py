@@ -75,6 +75,7 @@ def test_fp16_nhwc_dynamic_batch_is_verified_at_two_batches_with_stdout_only_jso
     assert len(quiet.stderr.strip().splitlines()) == 1 and "PASS" in quiet.stderr
 
 
+@pytest.mark.matrix  # the suite's slowest test (hybrid_medium converted twice): conv_small's dynamic batch stays default
 def test_dynamic_batch_with_attention(store):
     """The hard case: attention reshapes fold the batch into rows (B * 16, 64) and (B * heads, L, d)."""
     artifact = store.get("tflite", variant="hybrid_medium", dynamic_batch=True)
