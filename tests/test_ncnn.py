@@ -6,11 +6,13 @@ from pathlib import Path
 
 import ncnn
 import pytest
-from conftest import assert_one_line_error, copy_artifact, manifest_of, missing_system_part
+from conftest import assert_one_line_error, copy_artifact, manifest_of, missing_system_part, seeded
 from skimage import data
 
 from mnv4.artifact.files import companion_paths, sha256
 from mnv4.artifact.precisions import FLOAT16_ARITHMETIC
+from mnv4.bench.peers import export_peer, timm_model
+from mnv4.export.ncnn import layer_counts, parse
 from mnv4.runtimes.litert import vulkan_drivers
 from mnv4.runtimes.ncnn import FLOAT16_OPTIONS, NcnnVulkanRunner
 
@@ -40,6 +42,19 @@ def test_it_passed_parity_in_ncnn_in_float32_and_verifies_again(name, artifacts,
     assert " 0 1 pixels\n" in artifact.read_text() and " logits " in artifact.read_text()
     result = cli("verify", artifact)
     assert result.returncode == 0 and "PASS" in result.stderr, result.stderr
+
+
+def test_the_graph_is_timm_s_through_the_same_converter_layer_for_layer(artifacts, tmp_path):
+    """pnnx writes mnv4's head (mean over H and W, then a 1x1 convolution) as a Reduction and a Convolution, timm's
+    (adaptive pooling) as a global Pooling and an InnerProduct; the export rewrites the former as the latter, so that
+    the two graphs hold the same layers with the same parameters, in the same order."""
+    model = seeded("conv_small")
+    timm = timm_model("conv_small", model.model.state_dict(), model.model.num_classes)
+    export_peer("ncnn", timm, model.example(1), tmp_path / "timm.param")
+    theirs = [(layer.type, layer.params) for layer in parse((tmp_path / "timm.param").read_text())[1]]
+    ours = [(layer.type, layer.params) for layer in parse(artifacts["fp32"].read_text())[1]]
+    assert ("Pooling", {"0": "1", "4": "1"}) in ours and ours == theirs
+    assert manifest_of(artifacts["fp32"])["ncnn"]["layers"] == layer_counts(artifacts["fp32"].read_text())
 
 
 @pytest.mark.parametrize(("name", "width"), [("fp32", 4), ("fp16", 2)])

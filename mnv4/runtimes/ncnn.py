@@ -16,7 +16,7 @@ from .litert import vulkan_drivers
 # ncnn's options that store or compute in float16: on by default, taken where the CPU or GPU has float16.
 FLOAT16_OPTIONS = ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic")
 # bfloat16 storage: off in ncnn's defaults, so not what an app runs, and kept off everywhere (on lavapipe, with
-# float16, it took the seeded conv_small's worst relative error from 0.056 to 0.13, past the float16 limits).
+# float16, it took the seeded conv_small's worst relative error from about 0.06 to 0.13, past the float16 limits).
 BFLOAT16_OPTIONS = ("use_bf16_storage", "use_bf16_packed")
 
 
