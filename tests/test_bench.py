@@ -238,6 +238,9 @@ def test_plan_runs_each_format_in_the_runtimes_named():
                                                                 ("tflite", ("litert", "litert-gpu")))
         for runtime in runtimes for precision in ("fp32", "int8") for source in ("mnv4", "timm")
         if source == "mnv4" or precision == "fp32"}
+    # Each row says what computes it: the GPU delegate's rows are gpu rows, the browser's WebAssembly a CPU's.
+    assert {(row.runtime, row.device) for row in rows} == {("onnxruntime", "cpu"), ("ort-web-wasm", "cpu"),
+                                                           ("litert", "cpu"), ("litert-gpu", "gpu")}
     rows = plan(BenchOptions(variant="conv_small", formats=("onnx", "tflite"), runtimes=("litert-gpu-fp32",)))
     assert {(row.format, row.runtime, row.runtime_row) for row in rows} == {("tflite", "litert-gpu-fp32",
                                                                             "litert-gpu-fp32")}

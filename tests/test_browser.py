@@ -289,6 +289,7 @@ def test_the_bench_measures_the_gpu_and_browser_runtimes_as_emulated_rows(onnx_f
     for name, row in rows.items():
         assert row["status"] == "ok" and row["parity"]["passed"], (name, row["reason"])
         assert row["emulated"] == (name not in ("onnxruntime", "litert")), name
+        assert row["device"] == ("gpu" if name == "litert-gpu" else "cpu"), name  # WebAssembly runs on the CPU
         assert row["latency_ms"]["iterations"] == (3 if row["emulated"] else row["latency_ms"]["iterations"])
     assert rows["litert-gpu"]["parity"]["tolerance"] == "fp16-arithmetic" and rows["litert-gpu"]["peak_fraction"] is None
     report = (output / "report.md").read_text()

@@ -102,7 +102,7 @@ def row_of(found: Found, threads: int, runtime: str | None = None) -> Row:
         name, status, reason = recorded_runtime(found.path, row.name), Status.OK, None
     except MissingExtraError as error:
         name, status, reason = row.name, Status.UNAVAILABLE, unavailable_reason(error)
-    return Row("mnv4", manifest.format, name, "cpu", manifest.precision, threads,
+    return Row("mnv4", manifest.format, name, row.device, manifest.precision, threads,
                1 if manifest.dynamic_batch else manifest.batch, artifact=found.path, compute_dtype=manifest.compute_dtype,
                export_seconds=manifest.export_seconds, status=status, reason=reason, runtime_row=row.name)
 

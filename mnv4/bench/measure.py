@@ -154,7 +154,7 @@ def finish_rows(rows: list[Row], macs: int | None, fma_peak_per_thread: float | 
         fp32_median = fp32_medians.get(_same_but_precision(row)) if row.precision != FP32.name else None
         finished.append({
             "source": row.source, "format": row.format, "runtime": row.runtime, "device": row.device,
-            "precision": row.precision, "threads": row.threads if row.device == "cpu" else None, "batch": row.batch,
+            "precision": row.precision, "threads": row.threads if row.device != "cuda" else None, "batch": row.batch,
             "status": row.status.value, "reason": row.reason, "latency_ms": latency,
             "load_ms": _median_of(row.runs, "load_ms"), "first_inference_ms": _median_of(row.runs, "first_inference_ms"),
             "throughput_ips": row.batch / median_s if median_s else None,

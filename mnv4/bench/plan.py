@@ -77,7 +77,7 @@ class Row:
     source: str
     format: str
     runtime: str
-    device: str
+    device: str  # what computes: cpu, gpu (a runtime's GPU path) or cuda (PyTorch)
     precision: str
     threads: int | None
     batch: int
@@ -177,7 +177,8 @@ def plan(options: BenchOptions) -> list[Row]:
         for precision in [p for p in options.precisions if p in supported]:
             for threads in options.threads:
                 for batch in options.batch_sizes:
-                    rows += [Row(source, fmt, runtime, "cpu", precision, threads, batch, mode=mode, runtime_row=name)
+                    rows += [Row(source, fmt, runtime, RUNTIMES[name].device if name else "cpu", precision, threads,
+                                 batch, mode=mode, runtime_row=name)
                              for mode, name, runtime in _runners(fmt, options.runtimes)
                              for source in sources if source == "mnv4" or PRECISIONS[precision].peer]
     return rows

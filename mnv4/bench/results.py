@@ -47,7 +47,8 @@ STATUSES = tuple(status.value for status in Status)
 FORMAT_ORDER = (*FORMATS, TORCH)
 RUNTIME_ORDER = (*RUNTIMES, "torch-eager", "torch-channels_last", "torch-compile", "torch-cuda-graphs")
 PRECISION_ORDER = tuple(PRECISIONS)
-DEVICE_ORDER = ("cpu", "cuda")
+# What computes a row: the CPU, a GPU through a runtime (a delegate, Vulkan, WebGPU), or PyTorch on CUDA.
+DEVICE_ORDER = ("cpu", "gpu", "cuda")
 
 
 def row_identity(row: dict) -> tuple:
@@ -57,7 +58,7 @@ def row_identity(row: dict) -> tuple:
 
 
 def describe_row(row: dict) -> str:
-    threads = "cuda" if row.get("threads") is None else f"{row['threads']} threads"
+    threads = row.get("device") if row.get("threads") is None else f"{row['threads']} threads"
     return (f"{row.get('source')} {row.get('format')}/{row.get('runtime')} {row.get('precision')} "
             f"{threads} batch {row.get('batch')}")
 

@@ -196,7 +196,7 @@ def compare_pair(jobs: list[WorkerJob]) -> dict:
 
 
 def measure(job: WorkerJob) -> dict:
-    if job.device == "cpu":
+    if job.device != "cuda":  # the host's threads, where the CPU computes or drives a runtime's GPU
         pin_to_cpus(job.threads)
     inputs = np.load(job.inputs)
     batch = timed_batch(inputs, job.batch)
