@@ -85,6 +85,15 @@ def missing_system_part(why: str):
     pytest.skip(f"{why}: bash scripts/install_system.sh installs it")
 
 
+@pytest.fixture(scope="session")
+def vulkan():
+    """Mesa's software Vulkan device (lavapipe), which LiteRT's GPU accelerator and ncnn's Vulkan path run on."""
+    from mnv4.runtimes.base import vulkan_drivers
+
+    if "lvp_icd" not in {name.split(".")[0] for name in vulkan_drivers()}:
+        missing_system_part("Mesa's software Vulkan driver (lavapipe, mesa-vulkan-drivers >= 24) is not installed")
+
+
 def assert_one_line_error(result: Result, *fragments: str, code: int = 2) -> None:
     assert result.returncode == code, result.stderr
     lines = result.stderr.strip().splitlines()

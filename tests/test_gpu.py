@@ -5,20 +5,12 @@ device run in the default suite."""
 import json
 
 import pytest
-from conftest import altered_tflite, assert_one_line_error, copy_artifact, missing_system_part, read_json
+from conftest import altered_tflite, assert_one_line_error, copy_artifact, read_json
 
 from mnv4.artifact.manifest import manifest_path
 from mnv4.artifact.precisions import FLOAT16_ARITHMETIC, FP32
-from mnv4.runtimes.litert import vulkan_drivers
 
 device_tier = pytest.mark.devices
-
-
-@pytest.fixture(scope="module")
-def vulkan():
-    """Mesa's software Vulkan driver (or any Vulkan driver) is installed here."""
-    if "lvp_icd" not in {name.split(".")[0] for name in vulkan_drivers()}:
-        missing_system_part("Mesa's software Vulkan driver (lavapipe, mesa-vulkan-drivers >= 24) is not installed")
 
 
 def verified(cli, artifact, *flags) -> tuple[int, dict, str]:

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import ncnn
 import pytest
-from conftest import assert_one_line_error, copy_artifact, manifest_of, missing_system_part, seeded
+from conftest import assert_one_line_error, copy_artifact, manifest_of, seeded
 from skimage import data
 
 from mnv4.artifact.files import companion_paths, sha256
 from mnv4.artifact.precisions import FLOAT16_ARITHMETIC
 from mnv4.bench.peers import export_peer, timm_model
 from mnv4.export.ncnn import layer_counts, parse
-from mnv4.runtimes.litert import vulkan_drivers
 from mnv4.runtimes.ncnn import FLOAT16_OPTIONS, NcnnVulkanRunner
 
 ASTRONAUT = Path(data.__file__).parent / "astronaut.png"
@@ -85,12 +84,6 @@ def test_what_ncnn_cannot_hold_is_refused_before_any_work(flags, said, cli, tmp_
     result = cli("export", "--format", "ncnn", "--resolution", 64, *flags, "--output", tmp_path / "x.param")
     assert_one_line_error(result, said)
     assert not list(tmp_path.iterdir())
-
-
-@pytest.fixture(scope="module")
-def vulkan():
-    if "lvp_icd" not in {name.split(".")[0] for name in vulkan_drivers()}:
-        missing_system_part("Mesa's software Vulkan driver (lavapipe, mesa-vulkan-drivers) is not installed")
 
 
 def verified(cli, artifact, runtime) -> tuple[int, dict, str]:

@@ -3,6 +3,7 @@ a callable from an NCHW float32 batch to float32 logits out."""
 from __future__ import annotations
 
 import contextlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -130,3 +131,13 @@ def run_in_artifact_batches(batch: np.ndarray, layout: str, dtype, artifact_batc
             chunk = np.concatenate([chunk, np.zeros((artifact_batch - real, *chunk.shape[1:]), chunk.dtype)])
         logits.append(infer(chunk)[:real])
     return np.concatenate(logits).astype(np.float32)
+
+
+def vulkan_drivers() -> list[str]:
+    """The Vulkan drivers (ICD manifests) the loader finds: those named by VK_DRIVER_FILES or VK_ICD_FILENAMES,
+    else the system's."""
+    named = os.environ.get("VK_DRIVER_FILES") or os.environ.get("VK_ICD_FILENAMES")
+    if named:
+        return [Path(file).stem for file in named.split(os.pathsep) if Path(file).is_file()]
+    folders = [Path(folder) / "vulkan" / "icd.d" for folder in ("/etc", "/usr/share", "/usr/local/share")]
+    return sorted(file.stem for folder in folders if folder.is_dir() for file in folder.glob("*.json"))

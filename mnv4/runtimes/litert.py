@@ -1,14 +1,13 @@
 """LiteRT (TFLite) interpreter runner for .tflite artifacts."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..artifact.facts import IMAGE_INPUT_NAME
 from ..errors import DamagedArtifactError, MissingExtraError, MissingSystemPartError, MNV4Error, one_line
-from .base import Runner, artifact_layout, input_size, run_in_artifact_batches
+from .base import Runner, artifact_layout, input_size, run_in_artifact_batches, vulkan_drivers
 
 # TFLITE_XNNPACK_DELEGATE_FLAG_FORCE_FP16 (tflite/delegates/xnnpack/xnnpack_delegate.h): every float32 operator
 # computes in float16, as XNNPACK does on phones when an app asks for it. LiteRT's CPU accelerator puts the flags
@@ -185,16 +184,6 @@ class CompiledLiteRT:
         self._inputs[0].write(batch)
         self.model.run_by_index(0, self._inputs, self._outputs)
         return self._outputs[0].read(int(np.prod(self._output_shape)), self._output_dtype).reshape(self._output_shape)
-
-
-def vulkan_drivers() -> list[str]:
-    """The Vulkan drivers (ICD manifests) the loader finds: those named by VK_DRIVER_FILES or VK_ICD_FILENAMES,
-    else the system's."""
-    named = os.environ.get("VK_DRIVER_FILES") or os.environ.get("VK_ICD_FILENAMES")
-    if named:
-        return [Path(file).stem for file in named.split(os.pathsep) if Path(file).is_file()]
-    folders = [Path(folder) / "vulkan" / "icd.d" for folder in ("/etc", "/usr/share", "/usr/local/share")]
-    return sorted(file.stem for folder in folders if folder.is_dir() for file in folder.glob("*.json"))
 
 
 def whole_graph_delegated(interpreter) -> bool:

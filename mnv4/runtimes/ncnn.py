@@ -10,8 +10,7 @@ from ..artifact.facts import IMAGE_INPUT_NAME
 from ..artifact.files import companion_paths, manifest_path
 from ..artifact.manifest import read_manifest
 from ..errors import DamagedArtifactError, MissingExtraError, MissingSystemPartError, MNV4Error
-from .base import Runner, input_size, run_in_artifact_batches
-from .litert import vulkan_drivers
+from .base import Runner, input_size, run_in_artifact_batches, vulkan_drivers
 
 # ncnn's options that store or compute in float16: on by default, taken where the CPU or GPU has float16.
 FLOAT16_OPTIONS = ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic")
