@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import ncnn
+import numpy as np
 import pytest
 from conftest import assert_one_line_error, copy_artifact, manifest_of, seeded
 from skimage import data
@@ -12,8 +13,9 @@ from skimage import data
 from mnv4.artifact.files import companion_paths, sha256
 from mnv4.artifact.precisions import FLOAT16_ARITHMETIC
 from mnv4.bench.peers import export_peer, timm_model
+from mnv4.errors import MNV4Error
 from mnv4.export.ncnn import layer_counts, parse
-from mnv4.runtimes.ncnn import FLOAT16_OPTIONS, NcnnVulkanRunner
+from mnv4.runtimes.ncnn import FLOAT16_OPTIONS, NcnnRunner, NcnnVulkanRunner
 
 ASTRONAUT = Path(data.__file__).parent / "astronaut.png"
 # The two stored ncnn artifacts: seeded float32, and the trained fixture with float16 weights.
@@ -131,3 +133,18 @@ def test_the_seeded_model_on_vulkan_passes_in_float16_and_matches_the_cpu_in_flo
     code, parity, stderr = verified(cli, artifacts["fp32"], "ncnn-vulkan-fp32")
     assert code == 0 and parity["passed"] and parity["execution"]["float16_arithmetic"] is False, stderr
     assert parity["worst_float64"]["artifact"]["rel_err"] < 1e-4
+
+
+@pytest.mark.devices
+def test_a_graph_with_a_layer_that_has_no_vulkan_kernel_is_no_gpu_verdict(vulkan, tmp_path):
+    """ncnn would run such a layer on the CPU between GPU layers (pnnx writes the hybrid variants' attention with
+    ExpandDims and MatMul, which have none in ncnn 1.0.20261020): the Vulkan runner names them and refuses; the CPU
+    runner runs the graph."""
+    graph = tmp_path / "graph.param"
+    graph.write_text("7767517\n3 3\nInput pixels 0 1 pixels 0=4 1=4 2=3\n"
+                     "ExpandDims unsqueeze 1 1 pixels x -23303=1,0\nReshape flat 1 1 x logits 0=-1\n")
+    companion_paths(graph)["weights"].write_bytes(b"")
+    image = np.arange(48, dtype=np.float32).reshape(1, 3, 4, 4)
+    assert np.array_equal(NcnnRunner(graph).run(image), image.reshape(1, -1))
+    with pytest.raises(MNV4Error, match="ncnn-vulkan: ncnn has no Vulkan kernel for ExpandDims in graph.param"):
+        NcnnVulkanRunner(graph)
