@@ -11,6 +11,10 @@ from mnv4.model import PAPER_VARIANTS
 # strict so that a fix shows up.
 KNOWN_FAILURES = {("conv_large", "executorch", "fp16"): "XNNPACK fp16 cosine 0.9923 < 0.995 on conv_large: "
                                                          "float16 rounding builds up over 24 unscaled residual blocks"}
+# float16 weights computed in float32 miss the fp16 limit (2e-2) by a little on the seeded conv_large: rounding its
+# weights alone, with float64 arithmetic, gives 0.021 to 0.024 on a photo (docs/export.md). Trained weights pass.
+KNOWN_FAILURES |= {("conv_large", fmt, "fp16"): "float16 weights of the seeded conv_large: 0.023 to 0.026 > 0.02 on a "
+                   "photo, 0.021 to 0.024 from their rounding alone" for fmt in ("onnx", "tflite", "openvino", "ncnn")}
 
 
 CASES = [(fmt, precision) for fmt, row in FORMATS.items() for precision in row.precisions]
