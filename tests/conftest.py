@@ -224,6 +224,13 @@ def pytest_sessionstart(session):
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def flip_a_byte(path: Path) -> None:
+    """Change one byte in the middle of `path`: the smallest alteration a file's recorded sha256 must catch."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def copy_artifact(source: Path, folder: Path, reference: bool = True, name: str | None = None) -> Path:
     """A copy of a stored artifact with its manifest and companions (and its stored reference), to change without harm;
     under `name` where given (its manifest, companions and reference named after it)."""

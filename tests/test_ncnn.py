@@ -7,7 +7,7 @@ from pathlib import Path
 import ncnn
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, copy_artifact, manifest_of, seeded
+from conftest import assert_one_line_error, copy_artifact, flip_a_byte, manifest_of, seeded
 from skimage import data
 
 from mnv4.artifact.files import companion_paths, sha256
@@ -70,9 +70,7 @@ def test_weights_changed_after_export_are_refused(change, artifacts, cli, tmp_pa
     artifact = copy_artifact(artifacts["fp32"], tmp_path)
     weights = companion_paths(artifact)["weights"]
     if change == "altered":
-        data = bytearray(weights.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        weights.write_bytes(bytes(data))
+        flip_a_byte(weights)
     else:
         weights.unlink()
     assert_one_line_error(cli("verify", artifact), weights.name)
@@ -117,9 +115,7 @@ def test_the_trained_fixture_on_vulkan_in_float16_passes_and_a_changed_bin_fails
     assert parity["execution"]["float16_arithmetic"] is True and parity["execution"]["fully_on_gpu"] is True
     artifact = copy_artifact(artifacts["fp16"], tmp_path)
     weights = companion_paths(artifact)["weights"]
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    flip_a_byte(weights)
     assert_one_line_error(cli("verify", artifact, "--runtime", "ncnn-vulkan"), weights.name)
 
 

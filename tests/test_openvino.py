@@ -4,7 +4,7 @@ import json
 
 import openvino as ov
 import pytest
-from conftest import assert_one_line_error, check_int8_manifest, copy_artifact, manifest_of, run_without_torch
+from conftest import assert_one_line_error, check_int8_manifest, copy_artifact, flip_a_byte, manifest_of, run_without_torch
 
 import mnv4
 from mnv4.artifact.files import companion_paths, sha256
@@ -49,9 +49,7 @@ def test_it_verifies_without_torch(artifacts):
 def test_altered_or_missing_weights_are_refused(artifacts, tmp_path, cli):
     copy = copy_artifact(artifacts["fp32"], tmp_path)
     weights = companion_paths(copy)["weights"]
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    flip_a_byte(weights)
     assert_one_line_error(cli("verify", copy), f"{weights} (weights) is not the file the manifest describes")
     weights.unlink()
     assert_one_line_error(cli("verify", copy), f"{weights} (weights), written beside {copy.name} by its export, is not there")

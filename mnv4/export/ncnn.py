@@ -110,7 +110,8 @@ def parse(param: str) -> tuple[str, list[Layer]]:
     return lines[0], [Layer.parse(line) for line in lines[2:]]
 
 
-def written(magic: str, layers: list[Layer]) -> str:
+def param_text(magic: str, layers: list[Layer]) -> str:
+    """The .param of these layers, its counts line recomputed."""
     blobs = {blob for layer in layers for blob in layer.outputs}
     return "\n".join([magic, f"{len(layers)} {len(blobs)}", *(layer.line() for layer in layers)]) + "\n"
 
@@ -121,7 +122,7 @@ def renamed(param: str, names: dict[str, str]) -> str:
     for layer in layers:
         layer.inputs = [names.get(blob, blob) for blob in layer.inputs]
         layer.outputs = [names.get(blob, blob) for blob in layer.outputs]
-    return written(magic, layers)
+    return param_text(magic, layers)
 
 
 # pnnx's Reduction for the head's `mean(dim=(2, 3), keepdim=True)`: operation 3 (mean), not over all, axes (h, w),
@@ -146,9 +147,12 @@ def global_pooling_head(param: str) -> str:
         for blob in layer.inputs:
             readers.setdefault(blob, []).append(layer)
     for mean in [layer for layer in layers if layer.type == "Reduction" and layer.params == MEAN_OVER_HW]:
-        (conv,) = readers[mean.outputs[0]] if len(readers.get(mean.outputs[0], [])) == 1 else (None,)
-        if conv is None or conv.type != "Convolution" or len(conv.inputs) != 1 or \
-                not POINTWISE.items() <= conv.params.items() or not set(conv.params) <= {*POINTWISE, *AS_INNER_PRODUCT}:
+        consumers = readers.get(mean.outputs[0], [])
+        if len(consumers) != 1:
+            continue
+        conv = consumers[0]
+        if conv.type != "Convolution" or len(conv.inputs) != 1 or not POINTWISE.items() <= conv.params.items() \
+                or not set(conv.params) <= {*POINTWISE, *AS_INNER_PRODUCT}:
             continue
         mean.type, mean.params = "Pooling", {"0": "1", "4": "1"}  # average, global: the vector of channel means
         conv.type = "InnerProduct"
@@ -157,7 +161,7 @@ def global_pooling_head(param: str) -> str:
         if len(after) == 1 and after[0].type == "Reshape" and after[0].params == {"0": conv.params["0"]}:
             conv.outputs = after[0].outputs
             layers.remove(after[0])
-    return written(magic, layers)
+    return param_text(magic, layers)
 
 
 def layer_counts(param: str) -> dict[str, int]:

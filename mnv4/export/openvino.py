@@ -32,11 +32,6 @@ TOOLCHAIN = ("openvino",)
 # top-1 (98.0% against PyTorch's 97.6%) and passes parity; "performance" (symmetric activations too, which waste half
 # the int8 range on post-ReLU values) failed it (cosine 0.79 < 0.80 against float64 on a photo).
 PRESET = "mixed"
-# Activation ranges are the plain min and max over all calibration images (RangeEstimatorParametersSet.MINMAX), where
-# NNCF's default averages each image's min and max, which clips what a few images reach: with the default, the seeded
-# conv_small at 224 px failed parity (cosine 0.77 < 0.80 on a photo against float64; 0.64 overall); with MINMAX it
-# passes (0.90 on the photos), and the trained fixture keeps held-out top-1 (98.0% against PyTorch's 97.6%), as
-# with the default. The same finding as TFLite's (export/tflite.py quantize_static).
 # Operators whose arithmetic NNCF quantizes: int8 when a FakeQuantize feeds them.
 _COMPUTE_OPS = ("Convolution", "GroupConvolution", "MatMul")
 FLOAT_OPS_RULE = ("Convolution, GroupConvolution and MatMul nodes of the IR none of whose inputs comes from a "
@@ -99,15 +94,19 @@ def _quantize(ir, calibration: np.ndarray, batch: int | None):
     batch (one image at a time where it is dynamic); the quantized IR and its record."""
     try:
         import nncf
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
     except ImportError:
         raise MissingExtraError("OpenVINO int8 export", "openvino") from None
     size = batch or 1
     # A fixed batch that does not divide the images is filled up from the first ones.
     batches = [np.take(calibration, range(start, start + size), axis=0, mode="wrap")
                for start in range(0, len(calibration), size)]
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-
+    # Activation ranges are the plain min and max over all calibration images (RangeEstimatorParametersSet.MINMAX),
+    # where NNCF's default averages each image's min and max, which clips what a few images reach: with the default,
+    # the seeded conv_small at 224 px failed parity (cosine 0.77 < 0.80 on a photo against float64; 0.64 overall);
+    # with MINMAX it passes (0.90 on the photos), and the trained fixture keeps held-out top-1 (98.0% against
+    # PyTorch's 97.6%), as with the default. The same finding as TFLite's (export/tflite.py quantize_static).
     quantized = nncf.quantize(ir, nncf.Dataset(batches), preset=nncf.QuantizationPreset(PRESET),
                               subset_size=len(batches), advanced_parameters=AdvancedQuantizationParameters(
                                   activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX))

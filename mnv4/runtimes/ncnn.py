@@ -88,8 +88,8 @@ class NcnnRunner(Runner):
 class NcnnVulkanRunner(NcnnRunner):
     """An ncnn artifact on a Vulkan GPU, by default with ncnn's default options, as an app's `ncnn::Net` runs on a
     phone: float16 storage and arithmetic (`compute_dtype` "float16": the fp16-arithmetic limits); `fp16=False`
-    keeps float32. A layer without a Vulkan
-    kernel would run on the CPU: that is refused, never called a GPU verdict."""
+    keeps float32. A layer without a Vulkan kernel would run on the CPU: that is refused, never called a GPU
+    verdict."""
 
     runtime = "ncnn-vulkan"
 
